@@ -1,0 +1,1 @@
+"""The event contract: Avro schemas (.avsc) and their single-object-encoding codec."""

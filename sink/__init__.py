@@ -1,0 +1,1 @@
+"""The sink stage: position-guarded, exactly-once upserts into TerraFusion's PostgreSQL."""

@@ -1,0 +1,1 @@
+"""The stream-processing stage: Faust agents that validate and transform change events."""
