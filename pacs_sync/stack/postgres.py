@@ -18,9 +18,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pg8000.dbapi
 from pg8000.native import identifier, literal
 
+from pacs_sync import dbapi
 from pacs_sync.db_errors import translate_db_error
 from pacs_sync.errors import LocalStackError, PacsSyncError
 from pacs_sync.stack import processes
@@ -208,17 +208,9 @@ class PostgresServer:
 
     # ---- talking to it ----
 
-    def connect(self, database: str = "postgres") -> pg8000.dbapi.Connection:
+    def connect(self, database: str = "postgres") -> dbapi.Connection:
         """A superuser connection over TCP (autocommit), for provisioning and the emulator's admin work."""
-        try:
-            conn = pg8000.dbapi.connect(
-                host="127.0.0.1", port=self.settings.stack_postgres_port, user=SUPERUSER,
-                password=self.superuser_password(), database=database, timeout=5,
-            )  # fmt: skip
-        except pg8000.dbapi.Error as exc:
-            raise translate_db_error(exc, server=f"PostgreSQL {self.address}") from exc
-        conn.autocommit = True
-        return conn
+        return dbapi.connect(**connection_kwargs(self, database), timeout=5, autocommit=True)
 
     def ping(self) -> str | None:
         """Run a query; return the server's version line, or None if it does not answer."""
@@ -233,7 +225,7 @@ class PostgresServer:
             cursor.execute("SELECT current_setting('server_version')")
             row = cursor.fetchone()
             return f"PostgreSQL {row[0]}" if row else None
-        except pg8000.dbapi.Error:
+        except dbapi.DriverError:
             return None
         finally:
             with contextlib.suppress(Exception):
@@ -244,15 +236,15 @@ class PostgresServer:
         conn = self.connect()
         try:
             cursor = conn.cursor()
-            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,))
+            cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = ?", (user,))
             verb = "ALTER" if cursor.fetchone() else "CREATE"
             cursor.execute(f"{verb} ROLE {identifier(user)} LOGIN PASSWORD {literal(password)}")
             if database:
-                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = ?", (database,))
                 if cursor.fetchone() is None:
                     cursor.execute(f"CREATE DATABASE {identifier(database)} OWNER {identifier(user)}")
                     logger.info("created database %s owned by %s", database, user)
-        except pg8000.dbapi.Error as exc:
+        except dbapi.DriverError as exc:
             raise translate_db_error(exc, server=f"PostgreSQL {self.address}") from exc
         finally:
             conn.close()
@@ -262,7 +254,7 @@ class PostgresServer:
         conn = self.connect()
         try:
             cursor = conn.cursor()
-            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = ?", (database,))
             if cursor.fetchone() is None:
                 cursor.execute(f"CREATE DATABASE {identifier(database)}")
                 logger.info("created database %s", database)

@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from pacs_sync import dbapi
+from pacs_sync.sim.emulator import PACS_TABLES, EmulatorAdmin, install
 from pacs_sync.stack import LocalStack, StackSettings
+from pacs_sync.stack.postgres import connection_kwargs
 
 
 def _unavailable(what: str) -> None:
@@ -78,3 +83,63 @@ async def pg_schema(target_dsn: str, unique_name: str) -> AsyncIterator[tuple[as
     finally:
         await conn.execute(f'DROP SCHEMA "{unique_name}" CASCADE')
         await conn.close()
+
+
+# ---- the CDC emulator: one database per test, cloned from a template loaded once per session ----
+
+
+@dataclass
+class EmulatedPacs:
+    """A fresh emulated PACS database with CDC enabled on the four tables."""
+
+    database: str
+    admin: EmulatorAdmin
+    conn_kwargs: dict[str, Any]
+    reader_user: str
+    reader_password: str
+
+    def writer(self) -> dbapi.Connection:
+        """A superuser connection with autocommit off, as an application writing to PACS."""
+        return dbapi.connect(**self.conn_kwargs)
+
+    def reader(self) -> dbapi.Connection:
+        """The read-only sync login, autocommit off (as pyodbc)."""
+        kwargs = {**self.conn_kwargs, "user": self.reader_user, "password": self.reader_password}
+        return dbapi.connect(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def emulator_template(stack: LocalStack, target_dsn: str) -> Iterator[str]:
+    name = f"pacs_emu_template_{uuid.uuid4().hex[:8]}"
+    admin = stack.postgres.connect()
+    try:
+        admin.cursor().execute(f'CREATE DATABASE "{name}"')
+        install(connection_kwargs(stack.postgres, name))
+        yield name
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def emulated_pacs(stack: LocalStack, emulator_template: str, unique_name: str) -> Iterator[EmulatedPacs]:
+    server = stack.postgres
+    root = server.connect()
+    reader_user, reader_password = f"{unique_name}_reader", uuid.uuid4().hex
+    root.cursor().execute(f'CREATE DATABASE "{unique_name}" TEMPLATE "{emulator_template}"')
+    server.ensure_login(reader_user, reader_password)
+    kwargs = connection_kwargs(server, unique_name)
+    admin = EmulatorAdmin(dbapi.connect(**kwargs, autocommit=True))
+    try:
+        admin.enable_database()
+        for table in PACS_TABLES:
+            admin.enable_table(table)
+        admin.configure_jobs(idle_heartbeat_s=0)
+        admin.grant_reader(reader_user)
+        admin.scan()  # recognises the new capture instances
+        yield EmulatedPacs(unique_name, admin, kwargs, reader_user, reader_password)
+    finally:
+        admin.close()
+        root.cursor().execute(f'DROP DATABASE IF EXISTS "{unique_name}" WITH (FORCE)')
+        root.cursor().execute(f'DROP ROLE IF EXISTS "{reader_user}"')
+        root.close()

@@ -1,0 +1,1 @@
+"""The SQL Server stand-in: CDC emulator, PACS data generator and change workload."""
