@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
 
+from pacs_sync import dbapi
 from pacs_sync.errors import ConfigurationError, PacsSyncError
 from pacs_sync.logging import configure_logging
 from pacs_sync.settings import PacsSettings
+from pacs_sync.sim.agent import AgentProcess, CaptureAgent
+from pacs_sync.sim.churn import run_churn
+from pacs_sync.sim.emulator import EmulatorAdmin
+from pacs_sync.sim.generator import scale_for
+from pacs_sync.sim.loader import emulated_source, init_database, is_installed
+from pacs_sync.sim.settings import SimSettings
 from pacs_sync.stack import LocalStack, StackSettings
+from pacs_sync.stack.postgres import connection_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +35,28 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack (no Docker).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+sim_app = typer.Typer(
+    help="The SQL Server stand-in: CDC emulator, generated PACS data, change workload.", no_args_is_help=True
+)
+agent_app = typer.Typer(
+    help="The emulated SQL Server Agent (capture and cleanup jobs).", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 app.add_typer(config_app, name="config")
+app.add_typer(sim_app, name="sim")
+sim_app.add_typer(agent_app, name="agent")
 
 
 def _stack() -> LocalStack:
     settings = StackSettings.load()
     configure_logging(settings.log_level)
     return LocalStack(settings)
+
+
+def _sim_settings() -> SimSettings:
+    settings = SimSettings.load()
+    configure_logging(settings.log_level)
+    return settings
 
 
 @stack_app.command("up")
@@ -43,6 +67,12 @@ def stack_up() -> None:
     for status in stack.status():
         verb = "started" if started.get(status.name) else "already running"
         typer.echo(f"{status.name:<11} {status.address:<16} {verb}: {status.detail}")
+    # The emulated SQL Server Agent comes back with the stack once `sim init` has created its database.
+    sim_settings = SimSettings.load()
+    if is_installed(sim_settings):
+        agent = AgentProcess(sim_settings.state_dir, sim_settings.db_name)
+        verb = "started" if agent.start() else "already running"
+        typer.echo(f"{'cdc-agent':<11} {sim_settings.db_name:<16} {verb}: capture + cleanup jobs")
 
 
 @stack_app.command("down")
@@ -53,6 +83,8 @@ def stack_down(
 ) -> None:
     """Stop the services that `stack up` started; the data is kept unless --purge."""
     stack = _stack()
+    for database in AgentProcess.stop_all(stack.settings.state_dir):
+        typer.echo(f"{'cdc-agent':<11} {database}: stopped")
     stopped = stack.down(purge=purge)
     for name, was_running in stopped.items():
         typer.echo(f"{name:<11} {'stopped' if was_running else 'was not running'}")
@@ -63,10 +95,13 @@ def stack_down(
 @stack_app.command("status")
 def stack_status() -> None:
     """Print each service's address and whether it answers; exit 0 only when both answer."""
-    statuses = _stack().status()
+    stack = _stack()
+    statuses = stack.status()
     for status in statuses:
         answer = "answers" if status.answers else "DOWN"
         typer.echo(f"{status.name:<11} {status.address:<16} {answer}: {status.detail}")
+    agent = AgentProcess(stack.settings.state_dir, stack.settings.db_name).running_pid()
+    typer.echo(f"{'cdc-agent':<11} {stack.settings.db_name:<16} {f'running (pid {agent})' if agent else 'not running'}")
     if not all(status.answers for status in statuses):
         raise typer.Exit(code=1)
 
@@ -86,6 +121,111 @@ def config_show(
     width = max(len(name) for name in shown)
     for name, value in shown.items():
         typer.echo(f"{name:<{width}} = {value}")
+
+
+@sim_app.command("init")
+def sim_init(
+    scale: Annotated[
+        str, typer.Option(help="small, benton (the seed's volumes) or a number of properties.")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 1,
+    dirty_rate: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Fraction of rows given realistic bad data (default clean)."),
+    ] = 0.0,
+) -> None:
+    """(Re)create the emulated PACS database, load generated data, enable CDC, start the Agent."""
+    settings = _sim_settings()
+    try:
+        chosen = scale_for(scale)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scale") from exc
+    result = init_database(settings, chosen, seed=seed, dirty_rate=dirty_rate)
+    typer.echo(f"emulated PACS database {settings.db_name!r} ready in {result.seconds:.1f} s")
+    for table, count in result.row_counts.items():
+        typer.echo(f"  dbo.{table:<14} {count:>9,} rows")
+    for kind, count in sorted(result.dirty.items()):
+        typer.echo(f"  dirty: {kind:<28} {count:>6,}")
+
+
+@sim_app.command("churn")
+def sim_churn(
+    rate: Annotated[float, typer.Option(min=0.1, help="Offered load in row changes per second.")] = 50.0,
+    duration: Annotated[float | None, typer.Option(min=0.0, help="Run for this many seconds.")] = None,
+    changes: Annotated[int | None, typer.Option(min=1, help="Stop after this many row changes.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the workload planner.")] = 1,
+) -> None:
+    """Apply a realistic assessment workload in real transactions; print what was applied."""
+    settings = _sim_settings()
+    if duration is None and changes is None:
+        duration = 60.0
+    result = run_churn(settings, rate=rate, seed=seed, duration_s=duration, max_changes=changes)
+    typer.echo(
+        f"applied {result.transactions:,} transactions, {result.changes:,} row changes "
+        f"in {result.seconds:.1f} s ({result.rate:,.0f} changes/s), {result.failed} failed"
+    )
+    for kind, count in sorted(result.by_kind.items()):
+        typer.echo(f"  {kind:<36} {count:>7,} transactions")
+    for name, count in sorted(result.statements.items()):
+        if name.startswith("statements."):
+            typer.echo(f"  {name.removeprefix('statements.'):<36} {count:>7,} statements")
+
+
+@sim_app.command("scan")
+def sim_scan() -> None:
+    """Run the CDC capture job once now (CALL sys.sp_cdc_scan())."""
+    settings = _sim_settings()
+    server = emulated_source(settings)
+    admin = EmulatorAdmin(dbapi.connect(**connection_kwargs(server, settings.db_name), autocommit=True))
+    try:
+        admin.scan()
+    finally:
+        admin.close()
+    typer.echo("capture scan done")
+
+
+@agent_app.command("run")
+def agent_run(
+    database: Annotated[str | None, typer.Option(help="Emulated database (default: PACS_DB_NAME).")] = None,
+) -> None:
+    """Run the capture and cleanup jobs in the foreground until SIGTERM or Ctrl-C."""
+    settings = _sim_settings()
+    if database is not None:
+        settings = settings.model_copy(update={"db_name": database})
+    server = emulated_source(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    kwargs = connection_kwargs(server, settings.db_name)
+    logger.info("capture agent running on database %s", settings.db_name)
+    CaptureAgent(lambda: dbapi.connect(**kwargs, autocommit=True, application_name="cdc-agent")).run(stop)
+
+
+@agent_app.command("start")
+def agent_start() -> None:
+    """Start the Agent in the background (idempotent)."""
+    settings = _sim_settings()
+    emulated_source(settings)
+    started = AgentProcess(settings.state_dir, settings.db_name).start()
+    typer.echo("cdc-agent started" if started else "cdc-agent already running")
+
+
+@agent_app.command("stop")
+def agent_stop() -> None:
+    """Stop the background Agent."""
+    settings = _sim_settings()
+    stopped = AgentProcess(settings.state_dir, settings.db_name).stop()
+    typer.echo("cdc-agent stopped" if stopped else "cdc-agent was not running")
+
+
+@agent_app.command("status")
+def agent_status() -> None:
+    """Exit 0 when the background Agent runs."""
+    settings = _sim_settings()
+    pid = AgentProcess(settings.state_dir, settings.db_name).running_pid()
+    typer.echo(f"cdc-agent running (pid {pid})" if pid else "cdc-agent not running")
+    if pid is None:
+        raise typer.Exit(code=1)
 
 
 def main() -> None:

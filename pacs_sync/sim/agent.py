@@ -73,18 +73,34 @@ def _close_quietly(admin: EmulatorAdmin) -> None:
 
 
 class AgentProcess:
-    """Start, stop and inspect the background agent process (pid file under ``<state_dir>/sim``)."""
+    """Start, stop and inspect the background agent of one emulated database (pid file under ``<state>/sim``).
 
-    def __init__(self, state_dir: Path) -> None:
+    The child inherits this process's environment, so it reads the same settings (``PACS_DB_NAME``
+    included); one agent runs per emulated database.
+    """
+
+    def __init__(self, state_dir: Path, database: str) -> None:
         """Lay out the pid and log files; nothing is started."""
         self.home = state_dir.resolve() / "sim"
-        self.pid_file = self.home / "capture-agent.pid"
-        self.log_file = self.home / "capture-agent.log"
+        self.database = database
+        self.pid_file = self.home / f"capture-agent-{database}.pid"
+        self.log_file = self.home / f"capture-agent-{database}.log"
+
+    @classmethod
+    def stop_all(cls, state_dir: Path) -> list[str]:
+        """Stop every agent started under ``state_dir``; return the databases whose agent was running."""
+        stopped = []
+        for pid_file in sorted((state_dir.resolve() / "sim").glob("capture-agent-*.pid")):
+            database = pid_file.stem.removeprefix("capture-agent-")
+            if cls(state_dir, database).stop():
+                stopped.append(database)
+        return stopped
 
     def running_pid(self) -> int | None:
         """The agent's pid if it is running."""
         pid = processes.read_pid(self.pid_file)
-        if pid is not None and processes.is_running(pid, cmdline_contains=_CMDLINE_MARKER):
+        marker = f"{_CMDLINE_MARKER} --database {self.database}"
+        if pid is not None and processes.is_running(pid, cmdline_contains=marker):
             return pid
         return None
 
@@ -95,7 +111,7 @@ class AgentProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "pacs_sync", *_CMDLINE_MARKER.split()],
+                [sys.executable, "-m", "pacs_sync", *_CMDLINE_MARKER.split(), "--database", self.database],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self.pid_file.write_text(f"{proc.pid}\n")

@@ -551,3 +551,54 @@ def test_translated_error_for_a_missing_capture_instance(emulated_pacs: Emulated
         emulated_pacs.admin.disable_table("NoSuchTable")
     assert caught.value.code is ErrorCode.SCHEMA_MISMATCH
     assert "does not exist" in str(caught.value)
+
+
+def test_sql_files_alone_load_the_emulator_with_psql(stack: LocalStack, unique_name: str) -> None:
+    from importlib import resources
+
+    sql_dir = resources.files("pacs_sync.sim").joinpath("sql")
+    kwargs = {"host": "127.0.0.1", "port": str(stack.settings.stack_postgres_port), "user": "postgres"}
+    env = {"PGPASSWORD": stack.postgres.superuser_password(), "PATH": "/usr/bin:/bin"}
+    base = [
+        "psql",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-q",
+        "-h",
+        kwargs["host"],
+        "-p",
+        kwargs["port"],
+        "-U",
+        kwargs["user"],
+    ]
+    subprocess.run(
+        [*base, "-c", f'CREATE DATABASE "{unique_name}"'], env=env, check=True, capture_output=True
+    )
+    try:
+        for name in ("cdc_emulator.sql", "pacs_schema.sql", "pacs_enable_cdc.sql"):
+            done = subprocess.run(
+                [*base, "-d", unique_name, "-f", str(sql_dir.joinpath(name))],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stderr
+        session = (
+            "INSERT INTO dbo.Property (PropertyID, ParcelNumber) VALUES (1, 'P-1');\n"
+            "CALL sys.sp_cdc_scan();\n"
+            "SELECT __$operation, propertyid FROM cdc.fn_cdc_get_all_changes_dbo_Property("
+            "sys.fn_cdc_get_min_lsn('dbo_Property'), sys.fn_cdc_get_max_lsn(), N'all');\n"
+        )
+        out = subprocess.run(
+            [*base, "-d", unique_name, "-tA", "-f", "-"],
+            input=session,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == "2|1"
+    finally:
+        subprocess.run(
+            [*base, "-c", f'DROP DATABASE IF EXISTS "{unique_name}" WITH (FORCE)'], env=env, check=False
+        )
