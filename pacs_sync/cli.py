@@ -101,7 +101,8 @@ def stack_status() -> None:
         answer = "answers" if status.answers else "DOWN"
         typer.echo(f"{status.name:<11} {status.address:<16} {answer}: {status.detail}")
     agent = AgentProcess(stack.settings.state_dir, stack.settings.db_name).running_pid()
-    typer.echo(f"{'cdc-agent':<11} {stack.settings.db_name:<16} {f'running (pid {agent})' if agent else 'not running'}")
+    agent_state = f"running (pid {agent})" if agent else "not running"
+    typer.echo(f"{'cdc-agent':<11} {stack.settings.db_name:<16} {agent_state}")
     if not all(status.answers for status in statuses):
         raise typer.Exit(code=1)
 

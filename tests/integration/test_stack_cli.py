@@ -27,7 +27,9 @@ def test_second_up_is_a_no_op(stack: LocalStack, kafka_bootstrap: str, target_ds
     postgres_pid = stack.postgres.running_pid()
     result = subprocess.run([*_CLI, "stack", "up"], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("already running") == 2
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "already running" in lines["kafka"]
+    assert "already running" in lines["postgresql"]
     assert "resolving with Maven" not in result.stderr
     assert stack.kafka.running_pid() == kafka_pid
     assert stack.postgres.running_pid() == postgres_pid
