@@ -229,6 +229,50 @@ def agent_status() -> None:
         raise typer.Exit(code=1)
 
 
+@app.command("producer")
+def producer_command(
+    until_caught_up: Annotated[
+        bool,
+        typer.Option("--until-caught-up", help="Exit 0 once everything committed at start-up is published."),
+    ] = False,
+) -> None:
+    """Snapshot, then stream SQL Server CDC changes to the Avro change topics (exactly-once)."""
+    from producer.runner import serve_producer
+    from producer.settings import ProducerSettings
+
+    settings = ProducerSettings.load()
+    configure_logging(settings.log_level)
+    summary = serve_producer(settings, until_caught_up=until_caught_up)
+    snapshot = sum(summary.snapshot_rows.values())
+    streamed = sum(summary.events.values())
+    by_op = ", ".join(f"{op}={n:,}" for op, n in sorted(summary.events.items()))
+    typer.echo(
+        f"published {snapshot:,} snapshot rows and {streamed:,} change events "
+        f"({by_op or 'none'}) in {summary.seconds:.1f} s"
+    )
+
+
+@app.command("check-connection")
+def check_connection_command(
+    conformance: Annotated[
+        bool, typer.Option("--conformance", help="Also run every production CDC statement once, read-only.")
+    ] = False,
+) -> None:
+    """Test the PACS connection and CDC set-up; print OK or the error code with the cause."""
+    from producer.check import check_connection
+    from producer.settings import ProducerSettings
+
+    settings = ProducerSettings.load()
+    configure_logging(settings.log_level)
+    results = check_connection(settings, conformance=conformance)
+    for result in results:
+        typer.echo(f"{'ok  ' if result.ok else 'FAIL'} {result.name:<34} {result.detail}")
+    failed = [r for r in results if not r.ok]
+    typer.echo("OK" if not failed else f"{len(failed)} check(s) failed")
+    if failed:
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     """Entry point: run the CLI and turn connector errors into a logged code and an exit status.
 

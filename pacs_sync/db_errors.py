@@ -58,27 +58,42 @@ def translate_db_error(exc: BaseException, *, server: str, **context: Any) -> Pa
     if code is ErrorCode.AUTHENTICATION_FAILED:
         return FatalError(
             f"authentication failed for {server}: {detail} — check the user and password settings",
-            code=code, sqlstate=state, server=server, **context,
-        )  # fmt: skip
+            code=code,
+            sqlstate=state,
+            server=server,
+            **context,
+        )
     if code is ErrorCode.CONNECTION_UNAVAILABLE or (state is None and _is_connect_failure(exc)):
         return RetriableError(
             f"cannot reach {server}: {detail}",
-            code=ErrorCode.CONNECTION_UNAVAILABLE, sqlstate=state, server=server, **context,
-        )  # fmt: skip
+            code=ErrorCode.CONNECTION_UNAVAILABLE,
+            sqlstate=state,
+            server=server,
+            **context,
+        )
     if state is not None and state.startswith("42"):
         return FatalError(
             f"{server} does not have what the mapping expects (SQLSTATE {state}): {detail}",
-            code=ErrorCode.SCHEMA_MISMATCH, sqlstate=state, server=server, **context,
-        )  # fmt: skip
+            code=ErrorCode.SCHEMA_MISMATCH,
+            sqlstate=state,
+            server=server,
+            **context,
+        )
     if state in _TRANSIENT_SQLSTATES:
         return RetriableError(
             f"transient database error on {server} (SQLSTATE {state}): {detail}",
-            code=ErrorCode.DATABASE_ERROR, sqlstate=state, server=server, **context,
-        )  # fmt: skip
+            code=ErrorCode.DATABASE_ERROR,
+            sqlstate=state,
+            server=server,
+            **context,
+        )
     return FatalError(
         f"database error on {server} (SQLSTATE {state}): {detail}",
-        code=ErrorCode.DATABASE_ERROR, sqlstate=state, server=server, **context,
-    )  # fmt: skip
+        code=ErrorCode.DATABASE_ERROR,
+        sqlstate=state,
+        server=server,
+        **context,
+    )
 
 
 def _message_of(exc: BaseException) -> str:

@@ -40,9 +40,14 @@ def connect(
     server = f"PostgreSQL {host}:{port}/{database}"
     try:
         conn = pg8000.dbapi.connect(
-            host=host, port=port, user=user, password=password, database=database,
-            timeout=timeout, application_name=application_name,
-        )  # fmt: skip
+            host=host,
+            port=port,
+            user=user,
+            password=password,
+            database=database,
+            timeout=timeout,
+            application_name=application_name,
+        )
     except (pg8000.dbapi.Error, OSError) as exc:
         raise translate_db_error(exc, server=server) from exc
     conn.autocommit = autocommit

@@ -112,8 +112,11 @@ class AgentProcess:
         with self.log_file.open("ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "pacs_sync", *_CMDLINE_MARKER.split(), "--database", self.database],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid_file.write_text(f"{proc.pid}\n")
         logger.info("capture agent started (pid %d, log %s)", proc.pid, self.log_file)
         return True

@@ -79,9 +79,15 @@ class KafkaServer:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         base = [
-            "mvn", "-B", "-q", "-f", str(self.settings.stack_kafka_pom),
-            "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-        ]  # fmt: skip
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(self.settings.stack_kafka_pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ]
         logger.info("Kafka %s jars: resolving with Maven (first start only)", self.version)
         # Offline first: a local Maven repository that already holds the jars needs no network.
         result = subprocess.run([*base[:1], "-o", *base[1:]], capture_output=True, text=True, check=False)
@@ -136,17 +142,22 @@ class KafkaServer:
             cluster_id = new_kafka_cluster_id()
             fmt = subprocess.run(
                 [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.properties)],
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if fmt.returncode != 0:
                 raise LocalStackError("formatting Kafka's KRaft storage failed:\n" + fmt.stdout + fmt.stderr)
             logger.info("formatted KRaft storage in %s (cluster id %s)", self.data_dir, cluster_id)
         with self.stdout_log.open("ab") as out:
             proc = subprocess.Popen(
                 [*java, _MAIN_CLASS, str(self.properties)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.home,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.home,
+            )
         self.pid_file.write_text(f"{proc.pid}\n")
         logger.info("Kafka %s starting on %s (pid %d)", self.version, self.address, proc.pid)
         ready = processes.wait_until(
@@ -164,10 +175,16 @@ class KafkaServer:
     def _java_command(self, lib: Path) -> list[str]:
         heap = self.settings.stack_kafka_heap
         return [
-            "java", f"-Xms{min_heap(heap)}", f"-Xmx{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={self.log4j}", f"-Dkafka.logs.dir={self.log_dir}",
-            "-cp", f"{lib}/*",
-        ]  # fmt: skip
+            "java",
+            f"-Xms{min_heap(heap)}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j}",
+            f"-Dkafka.logs.dir={self.log_dir}",
+            "-cp",
+            f"{lib}/*",
+        ]
 
     def stop(self) -> bool:
         """Stop the broker that ``up`` started (only that one); return True if one was running."""

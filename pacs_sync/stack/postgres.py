@@ -132,11 +132,18 @@ class PostgresServer:
         try:
             self._run(
                 [
-                    str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER,
-                    f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                    "--encoding=UTF8", "--no-locale",
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SUPERUSER,
+                    f"--pwfile={pwfile}",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--encoding=UTF8",
+                    "--no-locale",
                 ]
-            )  # fmt: skip
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         logger.info("created PostgreSQL cluster in %s", self.data_dir)
@@ -179,9 +186,18 @@ class PostgresServer:
         bin_dir = find_bin_dir(self.settings.stack_postgres_bin_dir)
         timeout = str(int(self.settings.stack_start_timeout_s))
         self._run(
-            [str(bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", timeout,
-             "start"]
-        )  # fmt: skip
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                timeout,
+                "start",
+            ]
+        )
         if not processes.wait_until(
             lambda: self.ping() is not None, timeout_s=self.settings.stack_start_timeout_s
         ):

@@ -519,17 +519,51 @@ def test_dml_applied_by_hand_with_psql_shows_up_after_a_scan(
 ) -> None:
     kwargs = emulated_pacs.conn_kwargs
     result = subprocess.run(
-        ["psql", "-v", "ON_ERROR_STOP=1", "-q", "-h", kwargs["host"], "-p", str(kwargs["port"]),
-         "-U", kwargs["user"], "-d", kwargs["database"], "-f", "-"],
-        input=PSQL_SESSION, capture_output=True, text=True, timeout=60, check=False,
+        [
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-h",
+            kwargs["host"],
+            "-p",
+            str(kwargs["port"]),
+            "-U",
+            kwargs["user"],
+            "-d",
+            kwargs["database"],
+            "-f",
+            "-",
+        ],
+        input=PSQL_SESSION,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"PGPASSWORD": kwargs["password"], "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     subprocess.run(
-        ["psql", "-q", "-h", kwargs["host"], "-p", str(kwargs["port"]), "-U", kwargs["user"],
-         "-d", kwargs["database"], "-c", "CALL sys.sp_cdc_scan()"],
-        capture_output=True, text=True, timeout=60, check=True, env={"PGPASSWORD": kwargs["password"]},
-    )  # fmt: skip
+        [
+            "psql",
+            "-q",
+            "-h",
+            kwargs["host"],
+            "-p",
+            str(kwargs["port"]),
+            "-U",
+            kwargs["user"],
+            "-d",
+            kwargs["database"],
+            "-c",
+            "CALL sys.sp_cdc_scan()",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={"PGPASSWORD": kwargs["password"]},
+    )
     reader = emulated_pacs.reader()
     rows = changes(reader)
     assert [(r[2], r[4], r[5]) for r in rows] == [

@@ -34,9 +34,13 @@ def test_wrong_password_is_rejected_with_pacs_002(stack: LocalStack, target_dsn:
     parts = stack.settings.target_parts
     with pytest.raises(pg8000.dbapi.DatabaseError) as caught:
         pg8000.dbapi.connect(
-            host=parts["host"], port=parts["port"], user=parts["user"], password="not-the-password",
-            database=parts["database"], timeout=5,
-        )  # fmt: skip
+            host=parts["host"],
+            port=parts["port"],
+            user=parts["user"],
+            password="not-the-password",
+            database=parts["database"],
+            timeout=5,
+        )
     err = translate_db_error(caught.value, server="target")
     assert isinstance(err, FatalError)
     assert err.code is ErrorCode.AUTHENTICATION_FAILED
@@ -53,9 +57,13 @@ def test_unreachable_port_is_retriable_pacs_001(target_dsn: str) -> None:
 def test_source_login_and_database_are_provisioned(stack: LocalStack, target_dsn: str) -> None:
     settings = stack.settings
     conn = pg8000.dbapi.connect(
-        host=settings.db_host, port=settings.db_port, user=settings.db_user,
-        password=settings.db_password.get_secret_value(), database=settings.db_name, timeout=5,
-    )  # fmt: skip
+        host=settings.db_host,
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_password.get_secret_value(),
+        database=settings.db_name,
+        timeout=5,
+    )
     try:
         cursor = conn.cursor()
         cursor.execute("SELECT current_user, current_database()")

@@ -73,9 +73,12 @@ def test_sim_init_loads_enables_cdc_and_starts_the_agent(stack: LocalStack, sim_
     # The sync login from the settings reads but cannot write.
     settings = stack.settings
     reader = dbapi.connect(
-        host="127.0.0.1", port=settings.db_port, user=settings.db_user,
-        password=settings.db_password.get_secret_value(), database=database,
-    )  # fmt: skip
+        host="127.0.0.1",
+        port=settings.db_port,
+        user=settings.db_user,
+        password=settings.db_password.get_secret_value(),
+        database=database,
+    )
     try:
         assert dbapi.fetch_all(reader, "SELECT COUNT(*) FROM dbo.Structure")[0][0] == 239
         reader.commit()

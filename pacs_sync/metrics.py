@@ -1,0 +1,96 @@
+"""Every Prometheus metric of the pipeline, named in one place (dashboards and alerts use these names).
+
+Names follow ``pacs_sync_<stage>_<thing>_<unit>`` with base units (seconds). Metrics are built
+against an injected registry so tests get a fresh one; each long-running process serves its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Label(StrEnum):
+    """Label names, shared by code and dashboards."""
+
+    ENTITY = "entity"
+    OP = "op"
+    CODE = "code"
+    CAPTURE_INSTANCE = "capture_instance"
+    PHASE = "phase"
+
+
+# Polls and queries are fast; the upper buckets catch a stalled source.
+_POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class ProducerMetrics:
+    """The producer's metrics."""
+
+    events: Counter
+    poll_duration: Histogram
+    source_lag: Gauge
+    retention_headroom: Gauge
+    snapshot_rows: Counter
+    snapshot_progress: Gauge
+    errors: Counter
+    transactions: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ProducerMetrics:
+        """Register the producer's metrics in ``registry``."""
+        return cls(
+            events=Counter(
+                "pacs_sync_producer_events",
+                "Change events published",
+                [Label.ENTITY, Label.OP],
+                registry=registry,
+            ),
+            poll_duration=Histogram(
+                "pacs_sync_producer_poll_duration_seconds",
+                "Duration of one CDC poll window",
+                buckets=_POLL_BUCKETS,
+                registry=registry,
+            ),
+            source_lag=Gauge(
+                "pacs_sync_producer_source_lag_seconds",
+                "Age of the newest source commit not yet published (0 when caught up)",
+                registry=registry,
+            ),
+            retention_headroom=Gauge(
+                "pacs_sync_producer_retention_headroom_seconds",
+                "Time left before CDC cleanup would remove changes the producer has not read",
+                [Label.CAPTURE_INSTANCE],
+                registry=registry,
+            ),
+            snapshot_rows=Counter(
+                "pacs_sync_producer_snapshot_rows",
+                "Rows published by the snapshot",
+                [Label.ENTITY],
+                registry=registry,
+            ),
+            snapshot_progress=Gauge(
+                "pacs_sync_producer_snapshot_progress_ratio",
+                "Snapshot progress per entity (0..1)",
+                [Label.ENTITY],
+                registry=registry,
+            ),
+            errors=Counter(
+                "pacs_sync_producer_errors", "Errors by PACS code", [Label.CODE], registry=registry
+            ),
+            transactions=Counter(
+                "pacs_sync_producer_kafka_transactions",
+                "Kafka transactions committed",
+                [Label.PHASE],
+                registry=registry,
+            ),
+        )
+
+
+def serve(registry: CollectorRegistry, port: int) -> None:
+    """Expose ``registry`` on ``http://0.0.0.0:<port>/metrics`` (0: do nothing)."""
+    if port:
+        start_http_server(port, registry=registry)

@@ -1,0 +1,197 @@
+"""The only module that talks to Kafka for the producer: topics, transactions, the offsets topic.
+
+One transactional (hence idempotent) confluent-kafka producer with a stable ``transactional.id``: a
+restarted producer fences its predecessor, and every window of events is committed together with
+the position record that covers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from pacs_sync.errors import ErrorCode, RetriableError
+from producer.errors import FencedProducerError, KafkaPublishError
+
+logger = logging.getLogger(__name__)
+
+_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the producer needs."""
+
+    name: str
+    partitions: int
+    compacted: bool = False
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        existing = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
+    except KafkaException as exc:
+        raise RetriableError(
+            f"Kafka at {bootstrap} does not answer: {exc}", code=ErrorCode.CONNECTION_UNAVAILABLE
+        ) from exc
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    new = [
+        NewTopic(
+            s.name,
+            num_partitions=s.partitions,
+            replication_factor=-1,
+            config={"cleanup.policy": "compact"} if s.compacted else {},
+        )
+        for s in wanted
+    ]
+    for name, future in admin.create_topics(new).items():
+        try:
+            future.result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaPublishError(f"cannot create topic {name}: {exc}") from exc
+    logger.info("created topics: %s", ", ".join(s.name for s in wanted))
+    return [s.name for s in wanted]
+
+
+class TransactionalPublisher:
+    """Produces events in Kafka transactions.
+
+    Contract: :meth:`begin`, any number of :meth:`produce`, then :meth:`commit`; either everything
+    between ``begin`` and a successful ``commit`` is in the log for read_committed readers, or none
+    of it is (a failed commit aborts and raises :class:`KafkaPublishError`, for the caller to retry
+    the same window).
+    """
+
+    def __init__(self, bootstrap: str, transactional_id: str, *, linger_ms: int = 5) -> None:
+        """Create the producer and initialise transactions (fencing any older producer with this id)."""
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "transactional.id": transactional_id,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": linger_ms,
+                "batch.num.messages": 10000,
+                "queue.buffering.max.messages": 500000,
+                "queue.buffering.max.kbytes": 1048576,
+                "compression.type": "lz4",
+                "transaction.timeout.ms": 120000,
+                "log_level": 3,
+            }
+        )
+        self._in_transaction = False
+        try:
+            self._producer.init_transactions(_TIMEOUT_S)
+        except KafkaException as exc:
+            raise KafkaPublishError(f"Kafka transactions could not start ({exc}); is the broker up?") from exc
+
+    def begin(self) -> None:
+        """Start a transaction."""
+        self._producer.begin_transaction()
+        self._in_transaction = True
+
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: dict[str, str | bytes | None] | None = None,
+    ) -> None:
+        """Queue one record in the current transaction (waits while the local queue is full)."""
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def commit(self) -> None:
+        """Flush and commit the transaction; on failure abort it and raise.
+
+        Raises:
+            KafkaPublishError: the transaction was aborted; nothing of it is visible; retry it.
+            FencedProducerError: another producer with the same transactional id took over.
+        """
+        try:
+            self._producer.commit_transaction(_TIMEOUT_S)
+            self._in_transaction = False
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal() or error.code() == KafkaError._FENCED:
+                raise FencedProducerError(
+                    f"the Kafka producer was fenced or failed fatally: {error}"
+                ) from exc
+            if error.retriable():
+                # The commit may still complete: committing again is the documented retry.
+                try:
+                    self._producer.commit_transaction(_TIMEOUT_S)
+                    self._in_transaction = False
+                    return
+                except KafkaException:
+                    logger.warning("commit retry failed; aborting the transaction")
+            self.abort()
+            raise KafkaPublishError(f"Kafka transaction aborted: {error}") from exc
+
+    def abort(self) -> None:
+        """Abort the current transaction, if any."""
+        if not self._in_transaction:
+            return
+        try:
+            self._producer.abort_transaction(_TIMEOUT_S)
+        except KafkaException as exc:
+            logger.warning("aborting the Kafka transaction failed: %s", exc)
+        self._in_transaction = False
+
+    def close(self) -> None:
+        """Abort an open transaction and flush."""
+        self.abort()
+        self._producer.flush(5)
+
+
+def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
+    """The newest committed value for ``key`` in a single-partition compacted topic (read_committed)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"pacs-sync-offsets-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    try:
+        partition = TopicPartition(topic, 0)
+        _low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S)
+        if high <= 0:
+            return None
+        partition.offset = 0
+        consumer.assign([partition])
+        last: bytes | None = None
+        deadline = time.monotonic() + _TIMEOUT_S * 2
+        while time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                if message.error() is None and message.key() == key:
+                    last = message.value()
+            position = consumer.position([TopicPartition(topic, 0)])[0].offset
+            # With read_committed the last stable offset bounds what we can see; control records
+            # (transaction markers) occupy offsets too, so compare positions, not counts.
+            lso = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S, cached=False)[1]
+            if position >= lso or position >= high:
+                return last
+        raise RetriableError(
+            f"reading {topic} did not reach its end in time", code=ErrorCode.KAFKA_DELIVERY_FAILED
+        )
+    finally:
+        consumer.close()

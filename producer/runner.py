@@ -1,0 +1,585 @@
+"""The producer's loop: start-up checks, snapshot, streaming windows, heartbeats, retention checks.
+
+Delivery guarantee (exactly-once into Kafka): every Kafka transaction holds a run of events *and* the
+offset record that says where that run ends. A crash anywhere aborts the open transaction; the
+restarted producer fences the old one (same ``transactional.id``), reads the last committed offset
+with read_committed and resumes strictly after it. So each change appears once, in log order per
+key, in the committed log.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from pacs_sync.errors import RetriableError
+from pacs_sync.lsn import Lsn, SourcePosition
+from pacs_sync.metrics import ProducerMetrics, serve
+from producer.errors import CdcNotEnabledError, RetentionExceededError, SchemaMismatchError
+from producer.mapping import (
+    TABLES,
+    SourceInfo,
+    TableMapping,
+    envelope,
+    extra_captured,
+    load_mappings,
+    mapping_problems,
+    utc_now,
+)
+from producer.offsets import SourceOffset
+from producer.publisher import TopicSpec, TransactionalPublisher, ensure_topics, read_last_value
+from producer.settings import ProducerSettings, SnapshotMode
+from producer.source import CaptureInstance, CdcSource
+from producer.stream import Segment, fold_updates, releasable
+from schemas.codec import AvroCodec, SchemaRegistry
+
+logger = logging.getLogger(__name__)
+
+OFFSET_SCHEMA = "io.terrafusion.pacs.SourceOffset"
+HEARTBEAT_SCHEMA = "io.terrafusion.pacs.Heartbeat"
+_MAX_EVENTS_PER_TRANSACTION = 50_000
+
+
+def topic_name(settings: ProducerSettings, table: str) -> str:
+    """``<prefix>.<database>.<schema>.<table>`` (Debezium's SQL Server naming)."""
+    return f"{settings.topic_prefix}.{settings.db_name}.{settings.db_schema}.{table}"
+
+
+def offsets_topic(settings: ProducerSettings) -> str:
+    """The compacted topic holding the producer's position."""
+    return f"{settings.topic_prefix}.{settings.db_name}._offsets"
+
+
+def heartbeat_topic(settings: ProducerSettings) -> str:
+    """Heartbeats while the source is idle (keeps lag and latency measurable)."""
+    return f"{settings.topic_prefix}.{settings.db_name}._heartbeat"
+
+
+@dataclass
+class RunSummary:
+    """What a run published."""
+
+    snapshot_rows: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    windows: int = 0
+    seconds: float = 0.0
+
+
+class ProducerRunner:
+    """Owns the source connection, the Kafka publisher and the current offset."""
+
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        codec: AvroCodec,
+        metrics: ProducerMetrics,
+        *,
+        source_factory: Callable[[ProducerSettings], CdcSource] = CdcSource,
+    ) -> None:
+        """Prepare; nothing is connected until :meth:`run`."""
+        self.settings = settings
+        self.codec = codec
+        self.metrics = metrics
+        self._source_factory = source_factory
+        self.mappings = load_mappings(settings.column_mapping_file)
+        self._source: CdcSource | None = None
+        self._publisher: TransactionalPublisher | None = None
+        self.offset = SourceOffset()
+        self.summary = RunSummary()
+        self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()
+        self._last_heartbeat = 0.0
+
+    @property
+    def source(self) -> CdcSource:
+        """The open source connection (after :meth:`start`)."""
+        if self._source is None:
+            raise RetriableError("the PACS source is not connected")
+        return self._source
+
+    @property
+    def publisher(self) -> TransactionalPublisher:
+        """The Kafka publisher (after :meth:`start`)."""
+        if self._publisher is None:
+            raise RuntimeError("the producer has not started")
+        return self._publisher
+
+    # ---- start-up ----
+
+    def start(self) -> None:
+        """Connect, check CDC and the mapping, create topics, fence older producers, load the offset."""
+        self._source = self._source_factory(self.settings)
+        if not self.source.cdc_enabled():
+            raise CdcNotEnabledError(
+                f"CDC is not enabled on database {self.settings.db_name!r}: a sysadmin runs "
+                "sys.sp_cdc_enable_db and sys.sp_cdc_enable_table, "
+                "or set PACS_ENABLE_CDC=false for polling mode"
+            )
+        self.instances_by_table()  # validates the mapping against cdc.captured_columns (PACS-003)
+        specs = [TopicSpec(topic_name(self.settings, t), self.settings.topic_partitions) for t in TABLES]
+        specs += [
+            TopicSpec(offsets_topic(self.settings), 1, compacted=True),
+            TopicSpec(heartbeat_topic(self.settings), 1),
+        ]
+        ensure_topics(self.settings.kafka_bootstrap_servers, specs)
+        transactional_id = f"pacs-sync-producer.{self.settings.topic_prefix}.{self.settings.db_name}"
+        self._publisher = TransactionalPublisher(self.settings.kafka_bootstrap_servers, transactional_id)
+        raw = read_last_value(
+            self.settings.kafka_bootstrap_servers, offsets_topic(self.settings), self._offset_key
+        )
+        if raw is not None:
+            self.offset = SourceOffset.from_record(self.codec.decode(raw).value)
+            logger.info("resuming from %s", self.offset.position or "an unfinished snapshot")
+
+    def instances_by_table(self) -> dict[str, list[CaptureInstance]]:
+        """Capture instances of the mapped tables (oldest first), checked against the mapping.
+
+        Raises:
+            SchemaMismatchError: a table has no capture instance, or its newest one lacks a mapped column.
+        """
+        found: dict[str, list[CaptureInstance]] = {}
+        for instance in self.source.capture_instances():
+            if instance.schema.lower() != self.settings.db_schema.lower():
+                continue
+            for table in TABLES:
+                if instance.table.lower() == table.lower():
+                    found.setdefault(table, []).append(instance)
+        problems = []
+        for table in TABLES:
+            if table not in found:
+                problems.append(f"{self.settings.db_schema}.{table} has no capture instance")
+                continue
+            missing = mapping_problems(self.mappings[table], found[table][-1].columns)
+            if missing:
+                problems.append(f"{found[table][-1].name} does not capture {', '.join(missing)}")
+        if problems:
+            raise SchemaMismatchError("source does not match the column mapping: " + "; ".join(problems))
+        return found
+
+    # ---- the loop ----
+
+    def run(self, stop: threading.Event, *, until_caught_up: bool = False) -> RunSummary:
+        """Snapshot if needed, then stream until ``stop`` (or, with ``until_caught_up``, until current)."""
+        started = time.monotonic()
+        self.start()
+        target = self.source.max_lsn() if until_caught_up else None
+        self.source.end_read()
+        if self._needs_snapshot():
+            self.snapshot(stop)
+        idle_sleep = self.settings.min_poll_interval_s
+        while not stop.is_set():
+            moved = self._poll_with_retry(stop)
+            if until_caught_up and self._caught_up(target):
+                break
+            idle_sleep = (
+                self.settings.min_poll_interval_s
+                if moved
+                else min(idle_sleep * 2 or 0.05, self.settings.poll_interval_s)
+            )
+            stop.wait(idle_sleep)
+        self.summary.seconds = time.monotonic() - started
+        return self.summary
+
+    def _caught_up(self, target: Lsn | None) -> bool:
+        position = self.offset.position
+        if target is None:
+            return self.offset.snapshot_completed or self.settings.snapshot_mode is SnapshotMode.NEVER
+        return position is not None and position.transaction_complete and position.commit_lsn >= target
+
+    def close(self) -> None:
+        """Abort anything open and disconnect."""
+        if self._publisher is not None:
+            self._publisher.close()
+        if self._source is not None:
+            self._source.close()
+
+    def _poll_with_retry(self, stop: threading.Event) -> bool:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                return self.poll()
+            except RetriableError as exc:
+                self.metrics.errors.labels(exc.code.value).inc()
+                if self._publisher is not None:
+                    self._publisher.abort()
+                logger.warning("%s; retrying in %.1f s", exc, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                self._reconnect()
+        return False
+
+    def _reconnect(self) -> None:
+        if self._source is not None:
+            self._source.close()
+        try:
+            self._source = self._source_factory(self.settings)
+        except RetriableError as exc:
+            logger.warning("reconnect failed: %s", exc)
+            self._source = None
+
+    # ---- snapshot ----
+
+    def _needs_snapshot(self) -> bool:
+        mode = self.settings.snapshot_mode
+        if mode is SnapshotMode.NEVER:
+            return False
+        return not self.offset.snapshot_completed
+
+    def snapshot(self, stop: threading.Event) -> None:
+        """Publish every row of the four tables as ``r`` events at a recorded LSN, in resumable chunks.
+
+        The snapshot LSN L0 is the high-water mark when the snapshot starts; streaming then starts
+        strictly after L0. Chunks read later may already reflect changes after L0; streaming replays
+        those changes in order, and the sink keeps the newest by position, so the end state is exact.
+        """
+        source, publisher = self.source, self.publisher
+        snapshot_lsn = self.offset.snapshot_lsn or source.max_lsn() or Lsn.zero()
+        self.offset = SourceOffset(
+            snapshot_lsn=snapshot_lsn,
+            snapshot_table=self.offset.snapshot_table,
+            snapshot_last_key=self.offset.snapshot_last_key,
+        )
+        logger.info("snapshot at LSN %s", snapshot_lsn)
+        tables = list(TABLES)
+        if self.offset.snapshot_table in tables:
+            tables = tables[tables.index(self.offset.snapshot_table) :]
+        limit = self.settings.snapshot_chunk_rows
+        counts = {table: source.count(table) for table in tables}
+        source.end_read()
+        # "last" marks the final row of the last table that has rows (Debezium's snapshot=last).
+        last_table = next((t for t in reversed(tables) if counts[t] > 0), tables[-1])
+        for table in tables:
+            mapping = self.mappings[table]
+            total = max(counts[table], 1)
+            done = 0
+            last_key = self.offset.snapshot_last_key if table == self.offset.snapshot_table else None
+            while not stop.is_set():
+                rows = source.snapshot_chunk(table, mapping.columns, mapping.key_column, last_key, limit + 1)
+                source.end_read()
+                more = len(rows) > limit
+                rows = rows[:limit]
+                final = not more and table == last_table
+                if rows:
+                    last_key = rows[-1][0]
+                    self.offset = SourceOffset(
+                        snapshot_lsn=snapshot_lsn, snapshot_table=table, snapshot_last_key=last_key
+                    )
+                    self._publish_snapshot_chunk(table, mapping, rows, snapshot_lsn, final=final)
+                    done += len(rows)
+                    self.metrics.snapshot_progress.labels(mapping.entity).set(min(done / total, 1.0))
+                if not more:
+                    break
+            if stop.is_set():
+                return
+            self.metrics.snapshot_progress.labels(mapping.entity).set(1.0)
+            self.summary.snapshot_rows[table] = done
+        self.offset = SourceOffset(
+            position=SourcePosition(snapshot_lsn), snapshot_completed=True, snapshot_lsn=snapshot_lsn
+        )
+        publisher.begin()
+        self._produce_offset()
+        publisher.commit()
+        logger.info("snapshot complete: %s", self.summary.snapshot_rows)
+
+    def _publish_snapshot_chunk(
+        self, table: str, mapping: TableMapping, rows: list[tuple[Any, ...]], lsn: Lsn, *, final: bool
+    ) -> None:
+        topic = topic_name(self.settings, table)
+        key_schema, value_schema = self._schema_names(table)
+        now = utc_now()
+        encode = self.codec.encode
+        self.publisher.begin()
+        last = len(rows) - 1
+        for i, values in enumerate(rows):
+            record = mapping.record(values)
+            source = SourceInfo(
+                db=self.settings.db_name,
+                schema=self.settings.db_schema,
+                table=table,
+                capture_instance=None,
+                commit_lsn=lsn,
+                change_lsn=None,
+                event_serial_no=0,
+                commit_time=None,
+                snapshot="last" if final and i == last else "true",
+            )
+            self.publisher.produce(
+                topic,
+                encode(key_schema, mapping.key(record)),
+                encode(value_schema, envelope("r", None, record, source, now)),
+            )
+        self._produce_offset()
+        self.publisher.commit()
+        self.metrics.snapshot_rows.labels(mapping.entity).inc(len(rows))
+        self.metrics.events.labels(mapping.entity, "r").inc(len(rows))
+        self.metrics.transactions.labels("snapshot").inc()
+
+    def _schema_names(self, table: str) -> tuple[str, str]:
+        return f"pacs.dbo.{table}Key", f"pacs.dbo.{table}Envelope"
+
+    def _produce_offset(self) -> None:
+        self.publisher.produce(
+            offsets_topic(self.settings),
+            self._offset_key,
+            self.codec.encode(OFFSET_SCHEMA, self.offset.to_record()),
+        )
+
+    # ---- streaming ----
+
+    def poll(self) -> bool:
+        """One streaming window. Returns True if any change was published.
+
+        Order of a window: (1) find the window's upper bound (at most N transactions past the
+        position); (2) check retention for every capture instance in use; (3) page and merge the
+        change tables; (4) commit events and the new position in one Kafka transaction (several
+        for very large windows, each ending at a change position).
+        """
+        if self._source is None:
+            self._reconnect()
+        source = self.source
+        started = time.perf_counter()
+        try:
+            position = self._current_position()
+            last_tx = source.max_transaction_lsn()
+            if last_tx is None or (
+                position is not None and position.transaction_complete and last_tx <= position.commit_lsn
+            ):
+                self._idle(position)
+                return False
+            after = (
+                Lsn.zero()
+                if position is None
+                else (
+                    position.commit_lsn if position.transaction_complete else position.commit_lsn.decrement()
+                )
+            )
+            high = source.nth_transaction_lsn_after(after, self.settings.max_transactions_per_poll) or last_tx
+            segments = self._segments(position, high)
+            published = self._stream_segments(segments, position, high)
+            return published > 0
+        finally:
+            source.end_read()
+            self.metrics.poll_duration.observe(time.perf_counter() - started)
+
+    def _current_position(self) -> SourcePosition | None:
+        return self.offset.position
+
+    def _segments(self, position: SourcePosition | None, high: Lsn) -> list[Segment]:
+        """Read segments for the window; checks retention on every capture instance in use."""
+        segments = []
+        for table, instances in self.instances_by_table().items():
+            mapping = self.mappings[table]
+            chain = [i for i in instances if i.start_lsn is not None]
+            for index, instance in enumerate(chain):
+                following = chain[index + 1] if index + 1 < len(chain) else None
+                if (
+                    following is not None
+                    and following.start_lsn is not None
+                    and following.start_lsn <= (Lsn.zero() if position is None else position.commit_lsn)
+                ):
+                    continue  # already switched past this instance
+                min_lsn = self.source.min_lsn(instance.name)
+                if min_lsn is None or min_lsn == Lsn.zero():
+                    continue
+                self._check_retention(instance.name, min_lsn, position)
+                low = min_lsn if position is None else max(min_lsn, position.commit_lsn)
+                seg_high = high
+                if following is not None and following.start_lsn is not None and following.start_lsn <= high:
+                    seg_high = following.start_lsn.decrement()
+                    logger.info(
+                        "capture instance switch on %s: %s until %s, then %s",
+                        table,
+                        instance.name,
+                        seg_high,
+                        following.name,
+                    )
+                if low > seg_high:
+                    continue
+                extra = extra_captured(mapping, instance.columns)
+                segment_mapping = mapping.with_extra(extra) if extra else mapping
+                segments.append(Segment(table, instance.name, segment_mapping, low, seg_high))
+                if following is None or following.start_lsn is None or following.start_lsn > high:
+                    break
+        return segments
+
+    def _check_retention(self, capture_instance: str, min_lsn: Lsn, position: SourcePosition | None) -> None:
+        if position is None:
+            return
+        if min_lsn > position.commit_lsn:
+            raise RetentionExceededError(
+                f"saved position {position.commit_lsn} is older than {capture_instance}'s min LSN {min_lsn}: "
+                "changes were removed by CDC cleanup before they were published",
+                capture_instance=capture_instance,
+            )
+
+    def _stream_segments(self, segments: list[Segment], position: SourcePosition | None, high: Lsn) -> int:
+        resume = (b"", b"", 0)
+        if position is not None:
+            resume = (
+                (position.commit_lsn.value, b"\xff" * 10, 99)
+                if position.transaction_complete
+                else (
+                    position.commit_lsn.value,
+                    position.change_lsn.value if position.change_lsn else b"",
+                    position.operation or 0,
+                )
+            )
+        for segment in segments:
+            segment.cursor = (
+                max(resume, (segment.low.value, b"", 0)) if position is not None else (b"", b"", 0)
+            )
+        limit = self.settings.page_rows
+        published = 0
+        in_transaction = 0
+        last_change: SourcePosition | None = None
+        while True:
+            for segment in segments:
+                if not segment.exhausted and not segment.buffer:
+                    page = self.source.changes(
+                        segment.capture_instance,
+                        segment.mapping.all_columns,
+                        from_lsn=segment.low,
+                        to_lsn=segment.high,
+                        after=segment.cursor,
+                        limit=limit,
+                    )
+                    segment.accept_page(page, limit)
+            batch = list(fold_updates(releasable(segments)))
+            if batch:
+                if in_transaction == 0:
+                    self.publisher.begin()
+                for change in batch:
+                    self._produce_change(change)
+                last = batch[-1].row
+                last_change = SourcePosition(last.commit_lsn, last.seqval, last.operation)
+                in_transaction += len(batch)
+                published += len(batch)
+                if in_transaction >= _MAX_EVENTS_PER_TRANSACTION:
+                    self.offset = self.offset.advanced(last_change)
+                    self._produce_offset()
+                    self.publisher.commit()
+                    self.metrics.transactions.labels("stream").inc()
+                    in_transaction = 0
+            if all(s.exhausted and not s.buffer for s in segments):
+                break
+        if in_transaction == 0:
+            self.publisher.begin()
+        self.offset = self.offset.advanced(SourcePosition(high))
+        self._produce_offset()
+        self.publisher.commit()
+        self.metrics.transactions.labels("stream").inc()
+        self.summary.windows += 1
+        self._update_lag(last_change, high)
+        return published
+
+    def _produce_change(self, change: Any) -> None:
+        segment, row = change.segment, change.row
+        mapping: TableMapping = segment.mapping
+        before = None if change.before is None else mapping.record(change.before)
+        after = None if change.after is None else mapping.record(change.after)
+        source = SourceInfo(
+            db=self.settings.db_name,
+            schema=self.settings.db_schema,
+            table=segment.table,
+            capture_instance=segment.capture_instance,
+            commit_lsn=row.commit_lsn,
+            change_lsn=row.seqval,
+            event_serial_no=row.operation,
+            commit_time=row.commit_time,
+        )
+        key_schema, value_schema = self._schema_names(segment.table)
+        image = after if after is not None else before
+        if image is None:
+            raise ValueError(f"a {change.op} change without a row image at {row.position}")
+        value = envelope(change.op, before, after, source, utc_now())
+        self.publisher.produce(
+            topic_name(self.settings, segment.table),
+            self.codec.encode(key_schema, mapping.key(image)),
+            self._encode_envelope(value_schema, mapping, value),
+        )
+        self.metrics.events.labels(mapping.entity, change.op).inc()
+        self.summary.events[change.op] = self.summary.events.get(change.op, 0) + 1
+
+    def _encode_envelope(self, schema: str, mapping: TableMapping, value: dict[str, Any]) -> bytes:
+        if not mapping.extra_fields:
+            return self.codec.encode(schema, value)
+        return self.codec.encode(self._evolved_schema(schema, mapping), value)
+
+    def _evolved_schema(self, schema: str, mapping: TableMapping) -> str:
+        """Register (once) an envelope schema whose row carries the extra captured columns."""
+        raise NotImplementedError
+
+    def _update_lag(self, last_change: SourcePosition | None, high: Lsn) -> None:
+        """Lag = age of the newest published commit while more transactions wait; 0 when caught up."""
+        newest = self.source.max_transaction_lsn()
+        if last_change is None or newest is None or newest <= high:
+            self.metrics.source_lag.set(0.0)
+            return
+        committed = self.source.lsn_time(last_change.commit_lsn)
+        if committed is not None:
+            self.metrics.source_lag.set(max((datetime.now(tz=UTC) - committed).total_seconds(), 0.0))
+
+    def _idle(self, position: SourcePosition | None) -> None:
+        """No new transactions: follow the high-water mark and publish a heartbeat now and then."""
+        self.metrics.source_lag.set(0.0)
+        max_lsn = self.source.max_lsn()
+        if position is not None and max_lsn is not None and max_lsn > position.commit_lsn:
+            # No real transaction lies between: moving the position up keeps CDC cleanup, which
+            # counts idle dummy rows too, from ever passing a caught-up producer.
+            self.offset = self.offset.advanced(SourcePosition(max_lsn))
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
+            return
+        self._last_heartbeat = now
+        beat = {
+            "db": self.settings.db_name,
+            "commit_lsn": None if max_lsn is None else str(max_lsn),
+            "ts_ms": datetime.now(tz=UTC),
+        }
+        self.publisher.begin()
+        self.publisher.produce(
+            heartbeat_topic(self.settings), self._offset_key, self.codec.encode(HEARTBEAT_SCHEMA, beat)
+        )
+        if self.offset.snapshot_completed or self.offset.position is not None:
+            self._produce_offset()
+        self.publisher.commit()
+        self.metrics.transactions.labels("heartbeat").inc()
+
+
+def run_producer(
+    settings: ProducerSettings,
+    codec: AvroCodec,
+    metrics: ProducerMetrics,
+    stop: threading.Event,
+    *,
+    until_caught_up: bool = False,
+) -> RunSummary:
+    """Run the producer until ``stop`` (or caught up); translate nothing: errors carry their codes."""
+    runner = ProducerRunner(settings, codec, metrics)
+    try:
+        return runner.run(stop, until_caught_up=until_caught_up)
+    finally:
+        runner.close()
+
+
+def serve_producer(settings: ProducerSettings, *, until_caught_up: bool = False) -> RunSummary:
+    """The ``pacs-sync producer`` process: metrics endpoint, SIGTERM/Ctrl-C handling, the loop."""
+    registry = CollectorRegistry()
+    metrics = ProducerMetrics.create(registry)
+    serve(registry, settings.metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return run_producer(
+        settings, AvroCodec(SchemaRegistry.from_package()), metrics, stop, until_caught_up=until_caught_up
+    )
+
+
+__all__ = ["ProducerRunner", "RunSummary", "run_producer", "serve_producer", "topic_name"]
