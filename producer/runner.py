@@ -9,6 +9,7 @@ key, in the committed log.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -24,6 +25,7 @@ from pacs_sync.errors import RetriableError
 from pacs_sync.lsn import Lsn, SourcePosition
 from pacs_sync.metrics import ProducerMetrics, serve
 from producer.errors import CdcNotEnabledError, RetentionExceededError, SchemaMismatchError
+from producer.evolution import Converter, avro_type_for, convert_extra, evolved_envelope
 from producer.mapping import (
     TABLES,
     SourceInfo,
@@ -56,6 +58,11 @@ def topic_name(settings: ProducerSettings, table: str) -> str:
 def offsets_topic(settings: ProducerSettings) -> str:
     """The compacted topic holding the producer's position."""
     return f"{settings.topic_prefix}.{settings.db_name}._offsets"
+
+
+def schemas_topic(settings: ProducerSettings) -> str:
+    """Compacted topic of evolved schemas by fingerprint (readers resolve unknown fingerprints there)."""
+    return f"{settings.topic_prefix}.{settings.db_name}._schemas"
 
 
 def heartbeat_topic(settings: ProducerSettings) -> str:
@@ -96,6 +103,10 @@ class ProducerRunner:
         self.summary = RunSummary()
         self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()
         self._last_heartbeat = 0.0
+        self._converters: dict[str, list[Converter]] = {}
+        """Per capture instance with extra columns: converters for the extra values."""
+        self._announced: set[bytes] = set()
+        self._pending_schemas: list[tuple[bytes, dict[str, Any]]] = []
 
     @property
     def source(self) -> CdcSource:
@@ -127,6 +138,7 @@ class ProducerRunner:
         specs += [
             TopicSpec(offsets_topic(self.settings), 1, compacted=True),
             TopicSpec(heartbeat_topic(self.settings), 1),
+            TopicSpec(schemas_topic(self.settings), 1, compacted=True),
         ]
         ensure_topics(self.settings.kafka_bootstrap_servers, specs)
         transactional_id = f"pacs-sync-producer.{self.settings.topic_prefix}.{self.settings.db_name}"
@@ -388,7 +400,13 @@ class ProducerRunner:
                 min_lsn = self.source.min_lsn(instance.name)
                 if min_lsn is None or min_lsn == Lsn.zero():
                     continue
-                self._check_retention(instance.name, min_lsn, position)
+                # A newer instance is read only from its own start LSN: changes before it come from
+                # its predecessor, so only changes after max(position, start) must still be there.
+                needed = position
+                start = instance.start_lsn
+                if index > 0 and position is not None and start is not None and start > position.commit_lsn:
+                    needed = SourcePosition(start)
+                self._check_retention(instance.name, min_lsn, needed)
                 low = min_lsn if position is None else max(min_lsn, position.commit_lsn)
                 seg_high = high
                 if following is not None and following.start_lsn is not None and following.start_lsn <= high:
@@ -404,6 +422,8 @@ class ProducerRunner:
                     continue
                 extra = extra_captured(mapping, instance.columns)
                 segment_mapping = mapping.with_extra(extra) if extra else mapping
+                if extra:
+                    self._evolve(table, instance, extra)
                 segments.append(Segment(table, instance.name, segment_mapping, low, seg_high))
                 if following is None or following.start_lsn is None or following.start_lsn > high:
                     break
@@ -455,6 +475,7 @@ class ProducerRunner:
             if batch:
                 if in_transaction == 0:
                     self.publisher.begin()
+                    self._announce_schemas()
                 for change in batch:
                     self._produce_change(change)
                 last = batch[-1].row
@@ -482,8 +503,8 @@ class ProducerRunner:
     def _produce_change(self, change: Any) -> None:
         segment, row = change.segment, change.row
         mapping: TableMapping = segment.mapping
-        before = None if change.before is None else mapping.record(change.before)
-        after = None if change.after is None else mapping.record(change.after)
+        before = None if change.before is None else self._record(segment, change.before)
+        after = None if change.after is None else self._record(segment, change.after)
         source = SourceInfo(
             db=self.settings.db_name,
             schema=self.settings.db_schema,
@@ -502,19 +523,47 @@ class ProducerRunner:
         self.publisher.produce(
             topic_name(self.settings, segment.table),
             self.codec.encode(key_schema, mapping.key(image)),
-            self._encode_envelope(value_schema, mapping, value),
+            self.codec.encode(value_schema, value),
         )
         self.metrics.events.labels(mapping.entity, change.op).inc()
         self.summary.events[change.op] = self.summary.events.get(change.op, 0) + 1
 
-    def _encode_envelope(self, schema: str, mapping: TableMapping, value: dict[str, Any]) -> bytes:
+    def _record(self, segment: Segment, values: tuple[Any, ...]) -> dict[str, Any]:
+        mapping = segment.mapping
         if not mapping.extra_fields:
-            return self.codec.encode(schema, value)
-        return self.codec.encode(self._evolved_schema(schema, mapping), value)
+            return mapping.record(values)
+        width = len(mapping.columns)
+        converters = self._converters[segment.capture_instance]
+        return mapping.record((*values[:width], *convert_extra(values[width:], converters)))
 
-    def _evolved_schema(self, schema: str, mapping: TableMapping) -> str:
-        """Register (once) an envelope schema whose row carries the extra captured columns."""
-        raise NotImplementedError
+    def _evolve(self, table: str, instance: CaptureInstance, extra: list[str]) -> None:
+        """Register the evolved envelope for an instance that captures extra columns, once."""
+        if instance.name in self._converters:
+            return
+        typed = [(column, *avro_type_for(instance.type_of(column))) for column in extra]
+        _key_schema, value_schema = self._schema_names(table)
+        base = self.codec.registry.by_name(value_schema).schema
+        evolved = evolved_envelope(base, f"pacs.dbo.{table}", [(name, avro) for name, avro, _ in typed])
+        fingerprint = self.codec.registry.register(evolved)  # current: later events of any instance use it
+        self._converters[instance.name] = [convert for _, _, convert in typed]
+        self._pending_schemas.append((fingerprint, evolved))
+        logger.info(
+            "capture instance %s captures new column(s) %s: publishing %s with an evolved schema (%s)",
+            instance.name,
+            ", ".join(extra),
+            value_schema,
+            fingerprint.hex(),
+        )
+
+    def _announce_schemas(self) -> None:
+        """Publish evolved schemas (in the open transaction, before the events that use them)."""
+        while self._pending_schemas:
+            fingerprint, schema = self._pending_schemas.pop()
+            if fingerprint in self._announced:
+                continue
+            topic = schemas_topic(self.settings)
+            self.publisher.produce(topic, fingerprint.hex().encode(), json.dumps(schema).encode())
+            self._announced.add(fingerprint)
 
     def _update_lag(self, last_change: SourcePosition | None, high: Lsn) -> None:
         """Lag = age of the newest published commit while more transactions wait; 0 when caught up."""

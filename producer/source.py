@@ -89,6 +89,13 @@ class CaptureInstance:
     schema: str
     table: str
     columns: tuple[str, ...]
+    column_types: tuple[str, ...] = ()
+
+    def type_of(self, column: str) -> str:
+        """The captured SQL type of a column ('' if unknown)."""
+        lowered = [c.lower() for c in self.columns]
+        index = lowered.index(column.lower())
+        return self.column_types[index] if index < len(self.column_types) else ""
 
 
 @dataclass(frozen=True)
@@ -188,8 +195,10 @@ class CdcSource:
     def capture_instances(self) -> list[CaptureInstance]:
         """Every capture instance with its captured columns, oldest first per table."""
         columns: dict[int, list[str]] = {}
-        for object_id, column, _ordinal, _type in self._rows(sql.GET_CAPTURED_COLUMNS):
+        types: dict[int, list[str]] = {}
+        for object_id, column, _ordinal, column_type in self._rows(sql.GET_CAPTURED_COLUMNS):
             columns.setdefault(int(object_id), []).append(str(column))
+            types.setdefault(int(object_id), []).append(str(column_type or ""))
         result = []
         for name, object_id, start_lsn, schema, table in self._rows(sql.GET_CHANGE_TABLES):
             result.append(
@@ -200,6 +209,7 @@ class CdcSource:
                     schema=str(schema),
                     table=str(table),
                     columns=tuple(columns.get(int(object_id), ())),
+                    column_types=tuple(types.get(int(object_id), ())),
                 )
             )
         return result

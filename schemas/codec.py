@@ -138,6 +138,8 @@ class RegisteredSchema:
         canonical_form: the Parsing Canonical Form.
         schema: the schema's JSON form, as registered (treat as read-only).
         parsed: fastavro's parsed form, for ``schemaless_reader``/``schemaless_writer``.
+        logical_types: the logical-type annotations (type, precision, scale) in traversal order,
+            which the canonical form leaves out; two schemas may share a fingerprint only if equal.
     """
 
     name: str

@@ -365,3 +365,53 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(rig: ProducerRig) 
                 positions([event])[0]
             )
     assert all(p == sorted(p) for p in by_key.values())  # per-key order preserved
+
+
+def test_capture_instance_switch_publishes_the_evolved_schema(rig: ProducerRig) -> None:
+    admin = rig.pacs.admin
+    rig.write((INSERT_PROPERTY, (1, "P-1", "Kennewick", 1)))
+    admin.scan()
+    rig.run_until_caught_up()
+    rig.write(("ALTER TABLE dbo.Property ADD ZoningCode varchar(10)", ()))
+    rig.write(("UPDATE dbo.Property SET City = ?, ZoningCode = ? WHERE PropertyID = ?", ("Pasco", "R-1", 1)))
+    admin.scan()
+    admin.enable_table("Property", capture_instance="dbo_Property_v2")
+    admin.scan()
+    rig.write(
+        ("UPDATE dbo.Property SET City = ?, ZoningCode = ? WHERE PropertyID = ?", ("Richland", "C-2", 1))
+    )
+    rig.write((INSERT_PROPERTY, (2, "P-2", "Prosser", 2)))
+    admin.scan()
+    rig.run_until_caught_up()
+
+    # A reader that knows only the shipped schemas resolves the evolved one from the schemas topic.
+    from producer.runner import schemas_topic
+
+    published = {
+        key: value for key, value in read_topic(rig.settings, schemas_topic(rig.settings)) if key and value
+    }
+    assert len(published) == 1
+    import json
+
+    reader = AvroCodec(
+        SchemaRegistry.from_package(resolver=lambda fp: json.loads(published[fp.hex().encode()]))
+    )
+    raw = [value for _key, value in read_topic(rig.settings, topic_name(rig.settings, "Property")) if value]
+    events = [reader.decode(value).value for value in raw]
+    streamed = sorted((e for e in events if e["op"] != "r"), key=lambda e: positions([e]))
+    assert [(e["op"], e["source"]["capture_instance"]) for e in streamed] == [
+        ("u", "dbo_Property"),  # before the switch: the old instance, old shape
+        ("u", "dbo_Property_v2"),  # from the new instance's start LSN on
+        ("c", "dbo_Property_v2"),
+    ]
+    # The new column keeps the catalog's spelling (SQL Server: as declared; the emulator: lower case).
+    zoning = next(k for k in streamed[1]["after"] if k.lower() == "zoningcode")
+    assert streamed[0]["after"].get(zoning) is None  # the old instance never captured it
+    assert streamed[1]["after"][zoning] == "C-2"
+    assert streamed[1]["before"][zoning] == "R-1"
+    assert streamed[2]["after"][zoning] is None
+    assert streamed[1]["after"]["City"] == "Richland"
+    shipped = AvroCodec(
+        SchemaRegistry.from_package(resolver=lambda fp: json.loads(published[fp.hex().encode()]))
+    )
+    assert zoning not in shipped.decode_as(raw[-1], "pacs.dbo.PropertyEnvelope").value["after"]
