@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -386,8 +386,10 @@ class ProducerRunner:
     def _segments(self, position: SourcePosition | None, high: Lsn) -> list[Segment]:
         """Read segments for the window; checks retention on every capture instance in use."""
         segments = []
+        table_position = position
         for table, instances in self.instances_by_table().items():
             mapping = self.mappings[table]
+            position = _later(table_position, self.offset.table_floors.get(table))
             chain = [i for i in instances if i.start_lsn is not None]
             for index, instance in enumerate(chain):
                 following = chain[index + 1] if index + 1 < len(chain) else None
@@ -406,7 +408,16 @@ class ProducerRunner:
                 start = instance.start_lsn
                 if index > 0 and position is not None and start is not None and start > position.commit_lsn:
                     needed = SourcePosition(start)
-                self._check_retention(instance.name, min_lsn, needed)
+                try:
+                    self._check_retention(instance.name, min_lsn, needed)
+                except RetentionExceededError:
+                    if self.settings.snapshot_mode is not SnapshotMode.WHEN_NEEDED:
+                        raise
+                    logger.warning(
+                        "CDC retention passed the position of %s: re-snapshotting the table", table
+                    )
+                    self._resnapshot(table)
+                    return self._segments(table_position, high)
                 low = min_lsn if position is None else max(min_lsn, position.commit_lsn)
                 seg_high = high
                 if following is not None and following.start_lsn is not None and following.start_lsn <= high:
@@ -424,10 +435,42 @@ class ProducerRunner:
                 segment_mapping = mapping.with_extra(extra) if extra else mapping
                 if extra:
                     self._evolve(table, instance, extra)
-                segments.append(Segment(table, instance.name, segment_mapping, low, seg_high))
+                segment = Segment(table, instance.name, segment_mapping, low, seg_high)
+                if position is not None and position is not table_position:
+                    segment.floor = (position.commit_lsn.value, b"\xff" * 10, 99)  # re-snapshotted here
+                segments.append(segment)
                 if following is None or following.start_lsn is None or following.start_lsn > high:
                     break
         return segments
+
+    def _resnapshot(self, table: str) -> None:
+        """Publish a table again at the current high-water mark; its changes resume after that LSN.
+
+        Other tables keep streaming from the saved position. A crash during the re-snapshot repeats
+        it after the restart (snapshot events are idempotent at the sink: same rows, same position).
+        """
+        lsn = self.source.max_lsn() or Lsn.zero()
+        mapping = self.mappings[table]
+        last_key: Any = None
+        limit = self.settings.snapshot_chunk_rows
+        while True:
+            rows = self.source.snapshot_chunk(table, mapping.columns, mapping.key_column, last_key, limit + 1)
+            self.source.end_read()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            if not more:
+                floors = {**self.offset.table_floors, table: lsn}
+                self.offset = replace(self.offset, table_floors=floors)
+            if rows:
+                last_key = rows[-1][0]
+                self._publish_snapshot_chunk(table, mapping, rows, lsn, final=not more)
+            elif not more:
+                self.publisher.begin()
+                self._produce_offset()
+                self.publisher.commit()
+            if not more:
+                break
+        logger.info("re-snapshot of %s complete at LSN %s", table, lsn)
 
     def _check_retention(self, capture_instance: str, min_lsn: Lsn, position: SourcePosition | None) -> None:
         if position is None:
@@ -455,6 +498,7 @@ class ProducerRunner:
             segment.cursor = (
                 max(resume, (segment.low.value, b"", 0)) if position is not None else (b"", b"", 0)
             )
+            segment.cursor = max(segment.cursor, segment.floor)
         limit = self.settings.page_rows
         published = 0
         in_transaction = 0
@@ -616,6 +660,13 @@ def run_producer(
         return runner.run(stop, until_caught_up=until_caught_up)
     finally:
         runner.close()
+
+
+def _later(position: SourcePosition | None, floor: Lsn | None) -> SourcePosition | None:
+    """The later of the saved position and a table's re-snapshot LSN."""
+    if floor is None or (position is not None and position >= SourcePosition(floor)):
+        return position
+    return SourcePosition(floor)
 
 
 def serve_producer(settings: ProducerSettings, *, until_caught_up: bool = False) -> RunSummary:

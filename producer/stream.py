@@ -32,6 +32,8 @@ class Segment:
     low: Lsn
     high: Lsn
     cursor: tuple[bytes, bytes, int] = START
+    floor: tuple[bytes, bytes, int] = START
+    """Nothing at or below this position is read (the table was re-snapshotted there)."""
     buffer: deque[ChangeRow] = field(default_factory=deque)
     exhausted: bool = False
 
