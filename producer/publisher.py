@@ -195,3 +195,46 @@ def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
         )
     finally:
         consumer.close()
+
+
+def read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
+    """Every key's newest committed value in a single-partition compacted topic (tombstones remove keys)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"pacs-sync-state-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "log_level": 3,
+        }
+    )
+    state: dict[str, bytes] = {}
+    try:
+        partition = TopicPartition(topic, 0)
+        _low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S)
+        if high <= 0:
+            return state
+        partition.offset = 0
+        consumer.assign([partition])
+        deadline = time.monotonic() + _TIMEOUT_S * 4
+        while time.monotonic() < deadline:
+            for message in consumer.consume(num_messages=10000, timeout=0.5):
+                raw_key = message.key()
+                if message.error() is not None or raw_key is None:
+                    continue
+                key = raw_key.decode()
+                value = message.value()
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = value
+            position = consumer.position([TopicPartition(topic, 0)])[0].offset
+            lso = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S, cached=False)[1]
+            if position >= lso or position >= high:
+                return state
+        raise RetriableError(
+            f"reading {topic} did not reach its end in time", code=ErrorCode.KAFKA_DELIVERY_FAILED
+        )
+    finally:
+        consumer.close()

@@ -103,6 +103,7 @@ class ProducerRunner:
         self.summary = RunSummary()
         self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()
         self._last_heartbeat = 0.0
+        self._last_headroom = 0.0
         self._converters: dict[str, list[Converter]] = {}
         """Per capture instance with extra columns: converters for the extra values."""
         self._announced: set[bytes] = set()
@@ -374,6 +375,7 @@ class ProducerRunner:
             )
             high = source.nth_transaction_lsn_after(after, self.settings.max_transactions_per_poll) or last_tx
             segments = self._segments(position, high)
+            self._update_headroom(position, [s.capture_instance for s in segments])
             published = self._stream_segments(segments, position, high)
             return published > 0
         finally:
@@ -609,6 +611,26 @@ class ProducerRunner:
             self.publisher.produce(topic, fingerprint.hex().encode(), json.dumps(schema).encode())
             self._announced.add(fingerprint)
 
+    def _update_headroom(self, position: SourcePosition | None, instances: list[str]) -> None:
+        """Retention headroom: retention minus how far the position trails the newest commit.
+
+        Cleanup keeps ``retention`` minutes counted back from the last commit time, so once the
+        position trails by more than that, unread changes are deleted. Checked at most every 5 s.
+        """
+        now = time.monotonic()
+        if position is None or now - self._last_headroom < 5.0:
+            return
+        self._last_headroom = now
+        newest = self.source.max_lsn()
+        newest_time = None if newest is None else self.source.lsn_time(newest)
+        position_time = self.source.lsn_time(position.commit_lsn)
+        if newest_time is None or position_time is None:
+            return
+        trailing = (newest_time - position_time).total_seconds()
+        headroom = self.settings.cdc_retention_minutes * 60 - max(trailing, 0.0)
+        for instance in instances:
+            self.metrics.retention_headroom.labels(instance).set(headroom)
+
     def _update_lag(self, last_change: SourcePosition | None, high: Lsn) -> None:
         """Lag = age of the newest published commit while more transactions wait; 0 when caught up."""
         newest = self.source.max_transaction_lsn()
@@ -655,6 +677,10 @@ def run_producer(
     until_caught_up: bool = False,
 ) -> RunSummary:
     """Run the producer until ``stop`` (or caught up); translate nothing: errors carry their codes."""
+    if not settings.enable_cdc:
+        from producer.polling import PollingProducer
+
+        return PollingProducer(settings, codec).run(stop, until_caught_up=until_caught_up)
     runner = ProducerRunner(settings, codec, metrics)
     try:
         return runner.run(stop, until_caught_up=until_caught_up)
