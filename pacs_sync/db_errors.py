@@ -35,6 +35,10 @@ def sqlstate_of(exc: BaseException) -> str | None:
     return None
 
 
+# A statement cancelled by statement_timeout (PostgreSQL) or a query timeout (ODBC HYT00 after login
+# is reported by pyodbc as a query timeout only with a cursor; PostgreSQL's 57014 is unambiguous).
+_TIMEOUT_SQLSTATES = frozenset({"57014"})
+
 # Serialization failure, deadlock, lock timeout, too many connections, admin shutdown: try again.
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
 
@@ -67,6 +71,14 @@ def translate_db_error(exc: BaseException, *, server: str, **context: Any) -> Pa
         return RetriableError(
             f"cannot reach {server}: {detail}",
             code=ErrorCode.CONNECTION_UNAVAILABLE,
+            sqlstate=state,
+            server=server,
+            **context,
+        )
+    if state in _TIMEOUT_SQLSTATES:
+        return RetriableError(
+            f"a query on {server} timed out (SQLSTATE {state}): {detail}",
+            code=ErrorCode.SYNC_TIMEOUT,
             sqlstate=state,
             server=server,
             **context,

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pacs_sync.errors import RetriableError
 from pacs_sync.lsn import Lsn, SourcePosition
@@ -126,7 +127,24 @@ class ProducerRunner:
     # ---- start-up ----
 
     def start(self) -> None:
-        """Connect, check CDC and the mapping, create topics, fence older producers, load the offset."""
+        """Connect, check CDC and the mapping, create topics, fence older producers, load the offset.
+
+        An unreachable source or broker is retried with exponential backoff (up to ~2 minutes);
+        wrong credentials, a missing capture instance or a mapping mismatch stop at once.
+        """
+        for attempt in Retrying(
+            retry=retry_if_exception_type(RetriableError),
+            wait=wait_exponential(multiplier=0.5, max=30),
+            stop=stop_after_delay(120),
+            before_sleep=lambda state: logger.warning(
+                "start-up: %s; retrying", state.outcome.exception() if state.outcome else "failed"
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                self._start_once()
+
+    def _start_once(self) -> None:
         self._source = self._source_factory(self.settings)
         if not self.source.cdc_enabled():
             raise CdcNotEnabledError(
