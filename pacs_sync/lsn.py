@@ -62,7 +62,7 @@ class Lsn:
 
 
 @total_ordering
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class SourcePosition:
     """Where a change sits in the source log: (commit LSN, change LSN = ``__$seqval``, operation).
 
@@ -85,6 +85,16 @@ class SourcePosition:
         if not isinstance(other, SourcePosition):
             return NotImplemented
         return self._key() < other._key()
+
+    def __eq__(self, other: object) -> bool:
+        """Same place in the log (equality agrees with the order)."""
+        if not isinstance(other, SourcePosition):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        """Hash of the log-order key."""
+        return hash(self._key())
 
     @property
     def transaction_complete(self) -> bool:

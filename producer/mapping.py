@@ -8,6 +8,7 @@ county whose PACS names a column differently maps it in a JSON file (``PACS_COLU
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from pacs_sync.lsn import Lsn
 from producer.errors import MappingError
 
 CONNECTOR = "terrafusion-pacs-sync"
+_PLAIN_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 # CDC __$operation -> event op. 3 (before image) is folded into the 4 that follows it.
 OP_DELETE, OP_INSERT, OP_UPDATE_BEFORE, OP_UPDATE_AFTER = 1, 2, 3, 4
@@ -150,6 +152,9 @@ def load_mappings(path: Path | None) -> dict[str, TableMapping]:
         if unknown:
             raise MappingError(f"PACS_COLUMN_MAPPING_FILE={path}: {table} has no field(s) {sorted(unknown)}")
         renamed = tuple(str(columns.get(f, c)) for f, c in zip(mapping.fields, mapping.columns, strict=True))
+        bad = [c for c in renamed if not _PLAIN_IDENTIFIER.fullmatch(c)]
+        if bad:
+            raise MappingError(f"PACS_COLUMN_MAPPING_FILE={path}: {table} maps to invalid column names {bad}")
         mappings[table] = replace(mapping, columns=renamed)
     return mappings
 

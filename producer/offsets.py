@@ -71,9 +71,11 @@ class SourceOffset:
         raw = record.get("snapshot_last_key")
         if raw:
             try:
-                extra = json.loads(raw)
+                loaded = json.loads(raw)
             except ValueError:
-                extra = {}
+                loaded = {}
+            # Older writers stored the bare last key; keep it as such.
+            extra = loaded if isinstance(loaded, dict) else {"last_key": loaded}
         snapshot_lsn = record.get("snapshot_lsn")
         return cls(
             position=position,

@@ -31,16 +31,25 @@ _PERMISSION_DENIED = "permission was denied"
 _MISSING_OBJECT = ("Invalid object name", "does not exist")
 
 
+def _odbc_braced(value: str) -> str:
+    return "{" + value.replace("}", "}}") + "}"
+
+
+def _odbc_value(value: str) -> str:
+    """Brace-quote an attribute value that contains ODBC syntax characters, so it stays one value."""
+    return _odbc_braced(value) if any(ch in value for ch in ";{}=") or value != value.strip() else value
+
+
 def odbc_connection_string(settings: ProducerSettings) -> str:
     """The ODBC connection string for SQL Server (pure; the password is included, never logged)."""
     driver = settings.db_odbc_driver
     parts = {
         "DRIVER": f"{{{driver}}}",
-        "SERVER": settings.db_host,
+        "SERVER": _odbc_value(settings.db_host),
         "PORT": str(settings.db_port),
-        "DATABASE": settings.db_name,
-        "UID": settings.db_user,
-        "PWD": "{" + settings.db_password.get_secret_value().replace("}", "}}") + "}",
+        "DATABASE": _odbc_value(settings.db_name),
+        "UID": _odbc_value(settings.db_user),
+        "PWD": _odbc_braced(settings.db_password.get_secret_value()),
         "APP": "pacs-sync",
     }
     if "freetds" in driver.lower():
@@ -49,7 +58,7 @@ def odbc_connection_string(settings: ProducerSettings) -> str:
         parts["Encryption"] = "require" if settings.db_encrypt else "off"
     else:
         # Microsoft's driver takes "host,port" and validates the certificate unless told not to.
-        parts["SERVER"] = f"{settings.db_host},{settings.db_port}"
+        parts["SERVER"] = _odbc_value(f"{settings.db_host},{settings.db_port}")
         del parts["PORT"]
         parts["Encrypt"] = "yes" if settings.db_encrypt else "no"
         parts["TrustServerCertificate"] = "yes" if settings.db_trust_server_certificate else "no"

@@ -46,12 +46,12 @@ GET_SOURCE_COLUMNS = (
     "INNER JOIN sys.schemas AS s ON s.schema_id = t.schema_id WHERE s.name = ? ORDER BY t.name, c.column_id"
 )
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 
 
 def checked_identifier(name: str) -> str:
     """Return ``name`` if it is a plain SQL identifier valid on both engines, else raise ValueError."""
-    if not _IDENTIFIER.match(name) or name.startswith("$"):
+    if not _IDENTIFIER.fullmatch(name):
         raise ValueError(f"not a plain SQL identifier: {name!r}")
     return name
 
@@ -62,6 +62,8 @@ def build_changes_query(capture_instance: str, columns: Sequence[str]) -> str:
     Parameters, in order: from_lsn, to_lsn (the TVF's closed interval), then the resume position
     (lsn, seqval, op, lsn, seqval, lsn), the upper bound again, and the page size.
     """
+    if not columns:
+        raise ValueError("a changes query needs at least one column")
     ci = checked_identifier(capture_instance)
     projected = ", ".join(checked_identifier(c) for c in columns)
     return (
@@ -76,6 +78,8 @@ def build_changes_query(capture_instance: str, columns: Sequence[str]) -> str:
 
 def build_snapshot_query(schema: str, table: str, columns: Sequence[str], key: str, *, first: bool) -> str:
     """One keyset chunk of a table, ordered by its key. Parameters: [last key,] chunk size."""
+    if not columns:
+        raise ValueError("a snapshot query needs at least one column")
     projected = ", ".join(checked_identifier(c) for c in columns)
     source = f"{checked_identifier(schema)}.{checked_identifier(table)}"
     key_column = checked_identifier(key)

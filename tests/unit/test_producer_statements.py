@@ -116,11 +116,6 @@ def test_checked_identifier_rejects(name: str) -> None:
         sql.checked_identifier(name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _IDENTIFIER ends in '$', which also matches before a trailing newline, "
-    "so checked_identifier('PropertyID\\n') passes (needs \\Z or re.fullmatch)",
-)
 def test_checked_identifier_rejects_a_trailing_newline() -> None:
     with pytest.raises(ValueError, match="not a plain SQL identifier"):
         sql.checked_identifier("PropertyID\n")
