@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-unit test-integration install lint format stack-up stack-down
+.PHONY: help demo test test-unit test-integration install lint format stack-up stack-down bench-producer
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ $(VENV)/.installed: pyproject.toml deploy/local/install-system-deps.sh
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+bench-producer: install  ## Producer benchmark at Benton scale (figures to bench-results/producer.json)
+	$(BIN)/pacs-sync stack up
+	$(BIN)/python tests/benchmarks/bench_producer.py --runs 3
 
 lint: install  ## ruff, mypy and the import contracts between stages
 	$(BIN)/ruff check .

@@ -92,6 +92,8 @@ class TransactionalPublisher:
         )
         self._in_transaction = False
         try:
+            # Connect first: init_transactions() without a broker connection waits a 500 ms retry timer.
+            self._producer.list_topics(timeout=_TIMEOUT_S)
             self._producer.init_transactions(_TIMEOUT_S)
         except KafkaException as exc:
             raise KafkaPublishError(f"Kafka transactions could not start ({exc}); is the broker up?") from exc
@@ -160,7 +162,18 @@ class TransactionalPublisher:
 
 
 def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
-    """The newest committed value for ``key`` in a single-partition compacted topic (read_committed)."""
+    """The newest committed value for ``key`` in a single-partition compacted topic (read_committed).
+
+    Raises:
+        RetriableError: the broker did not answer or the partition has no leader yet (just created).
+    """
+    try:
+        return _read_last_value(bootstrap, topic, key)
+    except KafkaException as exc:
+        raise RetriableError(f"reading {topic}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
+
+
+def _read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -168,6 +181,8 @@ def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
+            # The last fetch only finds the transaction marker; don't wait the default 500 ms for more.
+            "fetch.wait.max.ms": 10,
             "log_level": 3,
         }
     )
@@ -198,7 +213,18 @@ def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
 
 
 def read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
-    """Every key's newest committed value in a single-partition compacted topic (tombstones remove keys)."""
+    """Every key's newest committed value in a single-partition compacted topic (tombstones remove keys).
+
+    Raises:
+        RetriableError: the broker did not answer or the partition has no leader yet (just created).
+    """
+    try:
+        return _read_all_values(bootstrap, topic)
+    except KafkaException as exc:
+        raise RetriableError(f"reading {topic}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
+
+
+def _read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -206,6 +232,8 @@ def read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
+            # The last fetch only finds the transaction marker; don't wait the default 500 ms for more.
+            "fetch.wait.max.ms": 10,
             "log_level": 3,
         }
     )

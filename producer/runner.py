@@ -105,6 +105,7 @@ class ProducerRunner:
         self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()
         self._last_heartbeat = 0.0
         self._last_headroom = 0.0
+        self._more_pending = False
         self._converters: dict[str, list[Converter]] = {}
         """Per capture instance with extra columns: converters for the extra values."""
         self._announced: set[bytes] = set()
@@ -209,6 +210,8 @@ class ProducerRunner:
             moved = self._poll_with_retry(stop)
             if until_caught_up and self._caught_up(target):
                 break
+            if self._more_pending:
+                continue  # the window was full: the next one is ready now
             idle_sleep = (
                 self.settings.min_poll_interval_s
                 if moved
@@ -328,22 +331,27 @@ class ProducerRunner:
         encode = self.codec.encode
         self.publisher.begin()
         last = len(rows) - 1
-        for i, values in enumerate(rows):
-            record = mapping.record(values)
-            source = SourceInfo(
-                db=self.settings.db_name,
-                schema=self.settings.db_schema,
-                table=table,
+        common = {"db": self.settings.db_name, "schema": self.settings.db_schema, "table": table}
+        # The source block is the same for every row of a chunk but the very last one of the snapshot.
+        sources = {
+            flag: SourceInfo(
+                **common,
                 capture_instance=None,
                 commit_lsn=lsn,
                 change_lsn=None,
                 event_serial_no=0,
                 commit_time=None,
-                snapshot="last" if final and i == last else "true",
+                snapshot=flag,
             )
+            for flag in ("true", "last")
+        }
+        key_field = mapping.key_field
+        for i, values in enumerate(rows):
+            record = mapping.record(values)
+            source = sources["last" if final and i == last else "true"]
             self.publisher.produce(
                 topic,
-                encode(key_schema, mapping.key(record)),
+                encode(key_schema, {key_field: values[0]}),
                 encode(value_schema, envelope("r", None, record, source, now)),
             )
         self._produce_offset()
@@ -379,6 +387,7 @@ class ProducerRunner:
         try:
             position = self._current_position()
             last_tx = source.max_transaction_lsn()
+            self._more_pending = False
             if last_tx is None or (
                 position is not None and position.transaction_complete and last_tx <= position.commit_lsn
             ):
@@ -392,6 +401,7 @@ class ProducerRunner:
                 )
             )
             high = source.nth_transaction_lsn_after(after, self.settings.max_transactions_per_poll) or last_tx
+            self._more_pending = high < last_tx
             segments = self._segments(position, high)
             self._update_headroom(position, [s.capture_instance for s in segments])
             published = self._stream_segments(segments, position, high)

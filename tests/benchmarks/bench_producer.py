@@ -3,7 +3,7 @@
 A script, not a pytest test::
 
     .venv/bin/python tests/benchmarks/bench_producer.py [--runs 3] [--scale benton] \
-        [--output bench-results/producer.json] [--snapshot-only]
+        [--output bench-results/producer.json] [--snapshot-only] [--reuse-db] [--seed 1] [--timeout 900]
 
 What it does, against the running local stack (``pacs-sync stack up``; nothing is started or stopped):
 
@@ -19,6 +19,12 @@ What it does, against the running local stack (``pacs-sync stack up``; nothing i
    Streaming events/s = change events published / seconds of that ``run()``. The event count is
    checked against the change tables (every row except update before-images, ``__$operation = 3``,
    which are folded into the following after-image).
+
+   Before each run after the first the database is re-created with the same seed (about 3 s, not
+   timed), so every run snapshots the same rows and streams the same backlog; ``--reuse-db`` keeps
+   one database instead (each run then also snapshots the earlier runs' churn). After each (re)creation
+   the benchmark waits until the new capture agent has connected, plus a second: the agent's own
+   start-up (a Python process) would otherwise compete with the producer for the CPU.
 4. Prints a table, writes JSON (machine, settings, every run, medians, the 20,000 events/s snapshot
    target and whether the median met it) and cleans up: the benchmark database, its login, its
    capture agent (and the agent's log), and every topic with a benchmark prefix.
@@ -42,6 +48,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +82,10 @@ SNAPSHOT_TARGET_EVENTS_PER_S = 20_000.0
 CHURN_RATE = 100_000.0
 CHURN_CHANGES = 20_000
 _DRAIN_POLL_S = 0.2
+_ATTEMPTS = 3
+"""A producer run that raises (e.g. a broker hiccup right after topic creation) is retried, and recorded."""
+_AGENT_SETTLE_S = 1.0
+"""After the agent connects: let its first capture scan and the new database's caches settle."""
 
 
 # ---- results ----
@@ -106,6 +117,7 @@ class StreamingRun:
 
     run: int
     topic_prefix: str
+    churn_seed: int
     churn_transactions: int
     churn_row_changes: int
     churn_seconds: float
@@ -133,6 +145,8 @@ class Results:
     dataset: dict[str, Any]
     snapshot_runs: list[SnapshotRun] = field(default_factory=list)
     streaming_runs: list[StreamingRun] = field(default_factory=list)
+    failed_attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Producer runs that raised and were retried: phase, run, attempt, topic prefix, error."""
 
     def to_json(self) -> dict[str, Any]:
         snapshot_rates = [r.events_per_s for r in self.snapshot_runs]
@@ -156,6 +170,7 @@ class Results:
                 "runs": [asdict(r) for r in self.streaming_runs],
                 "median_events_per_s": statistics.median(streaming_rates) if streaming_rates else None,
             },
+            "failed_attempts": self.failed_attempts,
         }
 
 
@@ -217,6 +232,35 @@ def run_producer(settings: ProducerSettings, timeout_s: float) -> tuple[TimedRun
     return runner, summary, seconds, not stop.is_set()
 
 
+def run_with_retries(
+    settings_for: Callable[[], ProducerSettings],
+    timeout_s: float,
+    *,
+    phase: str,
+    run: int,
+    failures: list[dict[str, Any]],
+) -> tuple[ProducerSettings, TimedRunner, RunSummary, float, bool]:
+    """:func:`run_producer`, retried when it raises (asking ``settings_for`` again); failures recorded."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        settings = settings_for()
+        try:
+            return (settings, *run_producer(settings, timeout_s))
+        except (KafkaException, PacsSyncError) as exc:
+            logger.warning("%s run %d attempt %d failed: %s", phase, run, attempt, exc, exc_info=True)
+            failures.append(
+                {
+                    "phase": phase,
+                    "run": run,
+                    "attempt": attempt,
+                    "topic_prefix": settings.topic_prefix,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+            if attempt == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 # ---- the emulated PACS database ----
 
 
@@ -254,6 +298,19 @@ class BenchDatabase:
             )
             total += int(self._query(sql, (lsn.value,))[0][0])
         return total
+
+    def wait_for_agent(self, timeout_s: float) -> float:
+        """Wait until the freshly started capture agent has connected (its start-up competes for the CPU)."""
+        started = time.perf_counter()
+        sql = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = ? AND application_name = 'cdc-agent'"
+        while int(self._query(sql, (self.sim.db_name,))[0][0]) == 0:
+            if time.perf_counter() - started > timeout_s:
+                raise TimeoutError(
+                    f"the capture agent of {self.sim.db_name} did not connect in {timeout_s:.0f} s"
+                )
+            time.sleep(_DRAIN_POLL_S)
+        time.sleep(_AGENT_SETTLE_S)
+        return time.perf_counter() - started
 
     def wait_for_capture(self, timeout_s: float) -> float:
         """Wait until the capture job has moved every committed transaction into the change tables."""
@@ -341,10 +398,17 @@ def producer_settings(sim: SimSettings, prefix: str) -> ProducerSettings:
 
 
 def measure_snapshot(
-    db: BenchDatabase, settings: ProducerSettings, run: int, timeout_s: float
+    db: BenchDatabase,
+    new_settings: Callable[[], ProducerSettings],
+    run: int,
+    timeout_s: float,
+    failures: list[dict[str, Any]],
 ) -> SnapshotRun:
+    """Snapshot from scratch; a retried attempt gets a fresh topic prefix from ``new_settings``."""
     source_rows = db.row_count()
-    runner, summary, seconds, complete = run_producer(settings, timeout_s)
+    settings, runner, summary, seconds, complete = run_with_retries(
+        new_settings, timeout_s, phase="snapshot", run=run, failures=failures
+    )
     rows = sum(summary.snapshot_rows.values())
     first = runner.first_work if runner.first_work is not None else runner.run_started
     ended = runner.snapshot_ended if runner.snapshot_ended is not None else first
@@ -367,7 +431,12 @@ def measure_snapshot(
 
 
 def measure_streaming(
-    db: BenchDatabase, settings: ProducerSettings, run: int, seed: int, timeout_s: float
+    db: BenchDatabase,
+    settings: ProducerSettings,
+    run: int,
+    seed: int,
+    timeout_s: float,
+    failures: list[dict[str, Any]],
 ) -> StreamingRun:
     before = db.max_lsn()
     churn = run_churn(db.sim, rate=CHURN_RATE, seed=seed, max_changes=CHURN_CHANGES)
@@ -380,7 +449,9 @@ def measure_streaming(
     )
     drain = db.wait_for_capture(timeout_s)
     expected = db.events_after(before)
-    runner, summary, seconds, complete = run_producer(settings, timeout_s)
+    _, runner, summary, seconds, complete = run_with_retries(
+        lambda: settings, timeout_s, phase="streaming", run=run, failures=failures
+    )
     events = sum(summary.events.values())
     if sum(summary.snapshot_rows.values()):
         logger.error("the streaming run re-snapshotted: the saved offset was not found")
@@ -392,6 +463,7 @@ def measure_streaming(
     return StreamingRun(
         run=run,
         topic_prefix=settings.topic_prefix,
+        churn_seed=seed,
         churn_transactions=churn.transactions,
         churn_row_changes=churn.changes,
         churn_seconds=round(churn.seconds, 3),
@@ -459,6 +531,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="data seed; churn run i uses seed + i")
     parser.add_argument("--snapshot-only", action="store_true", help="skip the streaming measurement")
     parser.add_argument(
+        "--reuse-db",
+        action="store_true",
+        help="keep one database for all runs (each run then snapshots the previous runs' churn too); "
+        "default: re-create it before each run so every run gets identical inputs",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=900.0, help="seconds before a producer run or drain is given up"
     )
     args = parser.parse_args(argv)
@@ -489,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = scale_for(args.scale)
         logger.info("sim init --scale %s into database %s", args.scale, database)
         init = init_database(sim, scale, seed=args.seed, dirty_rate=0.0)
+        BenchDatabase(sim).wait_for_agent(args.timeout)
         probe = producer_settings(sim, base_prefix)
         results = Results(
             timestamp=datetime.now(tz=UTC).isoformat(timespec="seconds"),
@@ -502,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
                 "scale": args.scale,
                 "runs": args.runs,
                 "database": database,
+                "database_per_run": "reused" if args.reuse_db else "re-created (identical inputs)",
+                "data_seed": args.seed,
                 "churn_rate": CHURN_RATE,
                 "churn_changes": None if args.snapshot_only else CHURN_CHANGES,
                 "snapshot_chunk_rows": probe.snapshot_chunk_rows,
@@ -515,10 +596,20 @@ def main(argv: list[str] | None = None) -> int:
             dataset={"row_counts": init.row_counts, "init_seconds": round(init.seconds, 2)},
         )
         for run in range(1, args.runs + 1):
-            prefix = f"{base_prefix}_{run}_{uuid.uuid4().hex[:6]}"
-            prefixes.append(prefix)
-            settings = producer_settings(sim, prefix)
-            snap = measure_snapshot(BenchDatabase(sim), settings, run, args.timeout)
+            if run > 1 and not args.reuse_db:
+                # Same seed, same data: every run snapshots the same rows and streams the same backlog.
+                logger.info("re-creating database %s for run %d", database, run)
+                init_database(sim, scale, seed=args.seed, dirty_rate=0.0)
+                BenchDatabase(sim).wait_for_agent(args.timeout)
+
+            def fresh_settings(run: int = run) -> ProducerSettings:
+                prefix = f"{base_prefix}_{run}_{uuid.uuid4().hex[:6]}"
+                prefixes.append(prefix)  # before it is used: clean-up deletes its topics whatever happens
+                return producer_settings(sim, prefix)
+
+            snap = measure_snapshot(
+                BenchDatabase(sim), fresh_settings, run, args.timeout, results.failed_attempts
+            )
             results.snapshot_runs.append(snap)
             logger.info(
                 "snapshot run %d: %d rows in %.2f s = %.0f events/s",
@@ -528,7 +619,11 @@ def main(argv: list[str] | None = None) -> int:
                 snap.events_per_s,
             )
             if not args.snapshot_only:
-                stream = measure_streaming(BenchDatabase(sim), settings, run, args.seed + run, args.timeout)
+                churn_seed = args.seed + run - 1 if args.reuse_db else args.seed
+                settings = producer_settings(sim, snap.topic_prefix)  # resumes from the snapshot's offset
+                stream = measure_streaming(
+                    BenchDatabase(sim), settings, run, churn_seed, args.timeout, results.failed_attempts
+                )
                 results.streaming_runs.append(stream)
                 logger.info(
                     "streaming run %d: %d events in %.2f s = %.0f events/s",
@@ -540,6 +635,11 @@ def main(argv: list[str] | None = None) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results.to_json(), indent=2) + "\n", encoding="utf-8")
         sys.stdout.write(render_table(results))
+        for failure in results.failed_attempts:
+            sys.stdout.write(
+                f"retried: {failure['phase']} run {failure['run']} attempt {failure['attempt']}: "
+                f"{failure['error']}\n"
+            )
         sys.stdout.write(f"results written to {output}\n")
         complete = [r.complete for r in results.snapshot_runs] + [r.complete for r in results.streaming_runs]
         if not all(complete):
