@@ -501,3 +501,41 @@ def test_polling_mode_yields_the_same_net_changes_as_cdc(rig: ProducerRig, stack
     assert {"r", "u"} <= set(poll_ops)
     assert ("d" in cdc_ops) == ("d" in poll_ops)
     assert len(poll_ops) <= len(cdc_ops)  # polling sees only net changes
+
+
+def test_snapshot_mode_never_streams_what_the_change_tables_hold(rig: ProducerRig) -> None:
+    from producer.settings import SnapshotMode
+
+    rig.write((INSERT_PROPERTY, (1, "P-1", "Kennewick", 1)))
+    rig.pacs.admin.scan()
+    rig.write(("UPDATE dbo.Property SET City = ? WHERE PropertyID = ?", ("Pasco", 1)))
+    rig.pacs.admin.scan()
+    rig.settings = rig.settings.model_copy(update={"snapshot_mode": SnapshotMode.NEVER})
+    rig.run_until_caught_up()
+    assert [e["op"] for e in sorted(rig.events("Property"), key=lambda e: positions([e]))] == ["c", "u"]
+
+
+def test_metrics_count_events_snapshot_progress_and_headroom(rig: ProducerRig) -> None:
+    rig.write(*[(INSERT_PROPERTY, (i, f"P-{i}", "Kennewick", 1)) for i in range(1, 6)])
+    rig.pacs.admin.scan()
+    registry = CollectorRegistry()
+    runner = ProducerRunner(rig.settings, rig.codec, ProducerMetrics.create(registry))
+    try:
+        runner.start()
+        runner.snapshot(threading.Event())
+        rig.write(*[(INSERT_PROPERTY, (i, f"P-{i}", "Pasco", 1)) for i in range(6, 9)])
+        rig.pacs.admin.scan()
+        assert runner.poll() is True
+    finally:
+        runner.close()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("pacs_sync_producer_events_total", entity="properties", op="r") == 5
+    assert value("pacs_sync_producer_events_total", entity="properties", op="c") == 3
+    assert value("pacs_sync_producer_snapshot_progress_ratio", entity="properties") == 1.0
+    headroom = value("pacs_sync_producer_retention_headroom_seconds", capture_instance="dbo_Property")
+    assert headroom is not None
+    assert 4000 * 60 < headroom <= 4320 * 60
+    assert (value("pacs_sync_producer_poll_duration_seconds_count") or 0) >= 1
