@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -167,49 +167,14 @@ def read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
     Raises:
         RetriableError: the broker did not answer or the partition has no leader yet (just created).
     """
-    try:
-        return _read_last_value(bootstrap, topic, key)
-    except KafkaException as exc:
-        raise RetriableError(f"reading {topic}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
+    last: dict[bytes, bytes | None] = {}
 
+    def keep(record_key: bytes, value: bytes | None) -> None:
+        if record_key == key:
+            last[key] = value
 
-def _read_last_value(bootstrap: str, topic: str, key: bytes) -> bytes | None:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"pacs-sync-offsets-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            # The last fetch only finds the transaction marker; don't wait the default 500 ms for more.
-            "fetch.wait.max.ms": 10,
-            "log_level": 3,
-        }
-    )
-    try:
-        partition = TopicPartition(topic, 0)
-        _low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S)
-        if high <= 0:
-            return None
-        partition.offset = 0
-        consumer.assign([partition])
-        last: bytes | None = None
-        deadline = time.monotonic() + _TIMEOUT_S * 2
-        while time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
-                if message.error() is None and message.key() == key:
-                    last = message.value()
-            position = consumer.position([TopicPartition(topic, 0)])[0].offset
-            # With read_committed the last stable offset bounds what we can see; control records
-            # (transaction markers) occupy offsets too, so compare positions, not counts.
-            lso = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S, cached=False)[1]
-            if position >= lso or position >= high:
-                return last
-        raise RetriableError(
-            f"reading {topic} did not reach its end in time", code=ErrorCode.KAFKA_DELIVERY_FAILED
-        )
-    finally:
-        consumer.close()
+    _fold_committed(bootstrap, topic, keep)
+    return last.get(key)
 
 
 def read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
@@ -218,51 +183,58 @@ def read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
     Raises:
         RetriableError: the broker did not answer or the partition has no leader yet (just created).
     """
+    state: dict[str, bytes] = {}
+
+    def keep(record_key: bytes, value: bytes | None) -> None:
+        if value is None:
+            state.pop(record_key.decode(), None)
+        else:
+            state[record_key.decode()] = value
+
+    _fold_committed(bootstrap, topic, keep)
+    return state
+
+
+def _fold_committed(bootstrap: str, topic: str, fold: Callable[[bytes, bytes | None], None]) -> None:
+    """Feed each committed keyed record of partition 0, in order, to ``fold`` (read_committed)."""
     try:
-        return _read_all_values(bootstrap, topic)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"pacs-sync-state-reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                # The last fetch only finds the transaction marker; don't wait the default 500 ms for more.
+                "fetch.wait.max.ms": 10,
+                "log_level": 3,
+            }
+        )
     except KafkaException as exc:
         raise RetriableError(f"reading {topic}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
-
-
-def _read_all_values(bootstrap: str, topic: str) -> dict[str, bytes]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"pacs-sync-state-reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            # The last fetch only finds the transaction marker; don't wait the default 500 ms for more.
-            "fetch.wait.max.ms": 10,
-            "log_level": 3,
-        }
-    )
-    state: dict[str, bytes] = {}
     try:
         partition = TopicPartition(topic, 0)
         _low, high = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S)
         if high <= 0:
-            return state
+            return
         partition.offset = 0
         consumer.assign([partition])
         deadline = time.monotonic() + _TIMEOUT_S * 4
         while time.monotonic() < deadline:
             for message in consumer.consume(num_messages=10000, timeout=0.5):
-                raw_key = message.key()
-                if message.error() is not None or raw_key is None:
-                    continue
-                key = raw_key.decode()
-                value = message.value()
-                if value is None:
-                    state.pop(key, None)
-                else:
-                    state[key] = value
+                record_key = message.key()
+                if message.error() is None and record_key is not None:
+                    fold(record_key, message.value())
             position = consumer.position([TopicPartition(topic, 0)])[0].offset
+            # With read_committed the last stable offset bounds what we can see; transaction markers
+            # occupy offsets too, so compare positions, not record counts.
             lso = consumer.get_watermark_offsets(partition, timeout=_TIMEOUT_S, cached=False)[1]
             if position >= lso or position >= high:
-                return state
+                return
         raise RetriableError(
             f"reading {topic} did not reach its end in time", code=ErrorCode.KAFKA_DELIVERY_FAILED
         )
+    except KafkaException as exc:
+        raise RetriableError(f"reading {topic}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
     finally:
         consumer.close()
