@@ -539,3 +539,26 @@ def test_metrics_count_events_snapshot_progress_and_headroom(rig: ProducerRig) -
     assert headroom is not None
     assert 4000 * 60 < headroom <= 4320 * 60
     assert (value("pacs_sync_producer_poll_duration_seconds_count") or 0) >= 1
+
+
+def test_a_mapping_the_source_does_not_match_stops_start_up_with_pacs_003(
+    rig: ProducerRig, tmp_path: Any
+) -> None:
+    from producer.errors import SchemaMismatchError
+
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text('{"Property": {"ZipCode": "Zip5"}}')
+    rig.settings = rig.settings.model_copy(update={"column_mapping_file": mapping})
+    runner = rig.runner()
+    try:
+        with pytest.raises(SchemaMismatchError) as caught:
+            runner.start()
+    finally:
+        runner.close()
+    assert caught.value.code is ErrorCode.SCHEMA_MISMATCH
+    assert "Zip5" in str(caught.value)
+    result = _cli(["check-connection"], {**rig.env(), "PACS_COLUMN_MAPPING_FILE": str(mapping)})
+    assert result.returncode == 1
+    assert "PACS-003" in result.stdout
+    mapping.write_text('{"Property": {"ZipCode": "zipcode"}}')  # the same column, spelled as the catalog does
+    assert _cli(["check-connection"], {**rig.env(), "PACS_COLUMN_MAPPING_FILE": str(mapping)}).returncode == 0
