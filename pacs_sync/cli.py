@@ -252,6 +252,17 @@ def producer_command(
     )
 
 
+@app.command("processor")
+def processor_command() -> None:
+    """Run a stream-processor worker (Faust): validate, transform, dead-letter; scale by adding workers."""
+    from stream_processors.runner import serve_processor
+    from stream_processors.settings import ProcessorSettings
+
+    settings = ProcessorSettings.load()
+    configure_logging(settings.log_level)
+    serve_processor(settings)
+
+
 @app.command("check-connection")
 def check_connection_command(
     conformance: Annotated[

@@ -20,7 +20,12 @@ class Label(StrEnum):
     CODE = "code"
     CAPTURE_INSTANCE = "capture_instance"
     PHASE = "phase"
+    OUTCOME = "outcome"
+    RULE = "rule"
 
+
+# End-to-end latencies bracket seconds to minutes (the seed's target was "under 15 minutes").
+_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 # Polls and queries are fast; the upper buckets catch a stalled source.
 _POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,6 +90,40 @@ class ProducerMetrics:
                 "pacs_sync_producer_kafka_transactions",
                 "Kafka transactions committed",
                 [Label.PHASE],
+                registry=registry,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessorMetrics:
+    """The stream processors' metrics."""
+
+    processed: Counter
+    violations: Counter
+    latency: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> ProcessorMetrics:
+        """Register the processors' metrics in ``registry``."""
+        return cls(
+            processed=Counter(
+                "pacs_sync_processor_events",
+                "Change events processed, by outcome (valid, invalid, undecodable, skipped)",
+                [Label.ENTITY, Label.OUTCOME],
+                registry=registry,
+            ),
+            violations=Counter(
+                "pacs_sync_processor_rule_violations",
+                "Business-rule violations by rule id",
+                [Label.ENTITY, Label.RULE],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "pacs_sync_processor_latency_seconds",
+                "Source commit to processed, per event",
+                [Label.ENTITY],
+                buckets=_LATENCY_BUCKETS,
                 registry=registry,
             ),
         )

@@ -27,9 +27,10 @@ from typing import Any
 
 from croniter import croniter
 
+from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.lsn import Lsn
 from producer.mapping import TABLES, SourceInfo, TableMapping, envelope, load_mappings, utc_now
-from producer.publisher import TopicSpec, TransactionalPublisher, ensure_topics, read_all_values
+from producer.publisher import TransactionalPublisher, read_all_values
 from producer.runner import RunSummary, topic_name
 from producer.settings import ProducerSettings
 from producer.source import CdcSource

@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from pacs_sync.errors import ErrorCode, RetriableError
 from producer.errors import FencedProducerError, KafkaPublishError
@@ -22,46 +20,6 @@ from producer.errors import FencedProducerError, KafkaPublishError
 logger = logging.getLogger(__name__)
 
 _TIMEOUT_S = 30.0
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    """A topic the producer needs."""
-
-    name: str
-    partitions: int
-    compacted: bool = False
-
-
-def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
-    try:
-        existing = set(admin.list_topics(timeout=_TIMEOUT_S).topics)
-    except KafkaException as exc:
-        raise RetriableError(
-            f"Kafka at {bootstrap} does not answer: {exc}", code=ErrorCode.CONNECTION_UNAVAILABLE
-        ) from exc
-    wanted = [s for s in specs if s.name not in existing]
-    if not wanted:
-        return []
-    new = [
-        NewTopic(
-            s.name,
-            num_partitions=s.partitions,
-            replication_factor=-1,
-            config={"cleanup.policy": "compact"} if s.compacted else {},
-        )
-        for s in wanted
-    ]
-    for name, future in admin.create_topics(new).items():
-        try:
-            future.result(timeout=_TIMEOUT_S)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaPublishError(f"cannot create topic {name}: {exc}") from exc
-    logger.info("created topics: %s", ", ".join(s.name for s in wanted))
-    return [s.name for s in wanted]
 
 
 class TransactionalPublisher:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from pacs_sync.errors import RetriableError
+from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.lsn import Lsn, SourcePosition
 from pacs_sync.metrics import ProducerMetrics, serve
 from producer.errors import CdcNotEnabledError, RetentionExceededError, SchemaMismatchError
@@ -38,7 +39,7 @@ from producer.mapping import (
     utc_now,
 )
 from producer.offsets import SourceOffset
-from producer.publisher import TopicSpec, TransactionalPublisher, ensure_topics, read_last_value
+from producer.publisher import TransactionalPublisher, read_last_value
 from producer.settings import ProducerSettings, SnapshotMode
 from producer.source import CaptureInstance, CdcSource
 from producer.stream import Segment, fold_updates, releasable

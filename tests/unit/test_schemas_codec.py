@@ -205,9 +205,14 @@ def fastavro_body(registry: SchemaRegistry, name: str, record: Mapping[str, Any]
 def test_package_ships_every_schema_once(registry: SchemaRegistry) -> None:
     files = load_package_schemas()
     expected_files = {f"{t}.{kind}.avsc" for t in TABLES for kind in ("key", "row", "envelope")}
-    assert set(files) == expected_files | {"Source.avsc", "Heartbeat.avsc", "Offset.avsc"}
+    models = ("Property", "Owner", "Valuation", "Structure")
+    terrafusion_files = {f"TerraFusion.{model}{kind}.avsc" for model in models for kind in ("", ".key")}
+    shared_files = {"Source.avsc", "Heartbeat.avsc", "Offset.avsc", "DeadLetter.avsc"}
+    assert set(files) == expected_files | shared_files | terrafusion_files
     expected_names = {schema_for_table(t, k) for t in TABLES for k in ("key", "row", "envelope")}
-    assert set(registry.names()) == expected_names | {SOURCE_SCHEMA, HEARTBEAT_SCHEMA, OFFSET_SCHEMA}
+    terrafusion_names = {f"io.terrafusion.model.{model}{kind}" for model in models for kind in ("", "Key")}
+    shared_names = {SOURCE_SCHEMA, HEARTBEAT_SCHEMA, OFFSET_SCHEMA, "io.terrafusion.pacs.DeadLetter"}
+    assert set(registry.names()) == expected_names | shared_names | terrafusion_names
     assert len(set(registry.fingerprints())) == len(files)
 
 
@@ -713,6 +718,8 @@ def random_datum(schema: Any, named: dict[str, Any], rng: random.Random) -> Any:
     logical = None if isinstance(schema, str) else schema.get("logicalType")
     if kind == "record":
         return {f["name"]: random_datum(f["type"], named, rng) for f in schema["fields"]}
+    if kind == "array":
+        return [random_datum(schema["items"], named, rng) for _ in range(rng.choice([0, 1, 3]))]
     if logical == "decimal":
         digits = rng.randint(0, schema["precision"])
         unscaled = rng.randint(-(10**digits) + 1, 10**digits - 1)
@@ -728,6 +735,7 @@ def random_datum(schema: Any, named: dict[str, Any], rng: random.Random) -> Any:
         "long": lambda: rng.choice([2**63 - 1, -(2**63), rng.randint(-(2**40), 2**40)]),
         "string": lambda: "".join(rng.choice("aZ9 ñ€𝄞'\"") for _ in range(rng.choice([0, 5, 63, 64, 200]))),
         "boolean": lambda: rng.random() < 0.5,
+        "bytes": lambda: rng.randbytes(rng.choice([0, 5, 63, 64, 200])),
     }
     return generators[kind]()
 

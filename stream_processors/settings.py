@@ -1,0 +1,35 @@
+"""Settings of the ``pacs-sync processor`` worker (Faust)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pacs_sync.settings import PacsSettings
+
+
+class ProcessorSettings(PacsSettings):
+    """Where the change events come from and where clean events and rejects go."""
+
+    topic_prefix: str = Field(default="pacs", pattern=r"^[A-Za-z0-9._-]+$")
+    """Prefix of the producer's change topics (<prefix>.<database>.<schema>.<table>)."""
+    db_schema: str = "dbo"
+    """Schema of the PACS tables (part of the change topic names)."""
+    output_prefix: str = Field(default="terrafusion", pattern=r"^[A-Za-z0-9._-]+$")
+    """Clean topics are <output_prefix>.<entity>; rejects go to <output_prefix>.dlq."""
+    output_partitions: int = Field(default=3, ge=1, le=256)
+    """Partitions of the clean topics (created, log-compacted, if missing)."""
+    processor_app_id: str = Field(default="pacs-sync-processors", pattern=r"^[A-Za-z0-9._-]+$")
+    """Faust application id = Kafka consumer group; workers with the same id share the partitions."""
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """at_least_once: re-emitted records are byte-identical with the same source position (the sink's
+    position guard makes them harmless); exactly_once: Faust's transactional processing."""
+    batch_max_events: int = Field(default=1000, ge=1, le=100_000)
+    """Events handed to one batch (stream.take)."""
+    batch_within_s: float = Field(default=0.05, gt=0, le=10)
+    """Longest wait to fill a batch."""
+    metrics_port: int = Field(default=9102, ge=0, le=65535)
+    """Prometheus /metrics port of this worker (0: off)."""
+    validation_as_of: str | None = None
+    """ISO date that decides which owners are current (default: today)."""
