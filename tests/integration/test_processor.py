@@ -77,8 +77,8 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
         while time.monotonic() < deadline:
             for m in consumer.consume(num_messages=5000, timeout=0.3):
                 if m.error() is None:
-                    pairs: list[tuple[str, Any]] = list(m.headers() or [])
-                    headers = {k: v for k, v in pairs if isinstance(v, bytes)}
+                    raw_headers: Any = m.headers() or []
+                    headers = {k: v for k, v in raw_headers if isinstance(v, bytes)}
                     out.append((m.key(), m.value(), headers))
             positions = consumer.position(partitions)
             if all(p.offset >= ends[p.partition] or ends[p.partition] == 0 for p in positions):
