@@ -128,8 +128,13 @@ def create_app(
     *,
     codec: AvroCodec | None = None,
     metrics: ProcessorMetrics | None = None,
+    output: OutputProducer | None = None,
+    create_topics: bool = True,
 ) -> faust.App:
-    """Build the Faust app and its four agents (does not start it)."""
+    """Build the Faust app and its four agents (does not start it).
+
+    ``output`` and ``create_topics=False`` let agent tests run without a broker.
+    """
     codec = codec or AvroCodec(SchemaRegistry.from_package())
     metrics = metrics or ProcessorMetrics.create(CollectorRegistry())
     as_of = date.fromisoformat(settings.validation_as_of) if settings.validation_as_of else None
@@ -144,17 +149,9 @@ def create_app(
         producer_linger=0.005,
         processing_guarantee="at_least_once",
     )
-    ensure_topics(
-        settings.kafka_bootstrap_servers,
-        [
-            TopicSpec(output_topic(settings, e), settings.output_partitions, compacted=True)
-            for e in TABLE_ENTITIES.values()
-        ]
-        + [TopicSpec(dead_letter_topic(settings), 1)]
-        # The producer creates its change topics; creating them here too lets the worker start first.
-        + [TopicSpec(input_topic(settings, t), settings.output_partitions) for t in TABLE_ENTITIES],
-    )
-    output = OutputProducer(settings.kafka_bootstrap_servers)
+    if create_topics:
+        _create_topics(settings)
+    output = output or OutputProducer(settings.kafka_bootstrap_servers)
     shares = app.Table(
         f"{settings.processor_app_id}-owner-shares",
         default=bytes,
@@ -188,6 +185,17 @@ def create_app(
                 _batch_agent(settings, handler, output, record)
             )
     return app
+
+
+def _create_topics(settings: ProcessorSettings) -> None:
+    specs = [
+        TopicSpec(output_topic(settings, e), settings.output_partitions, compacted=True)
+        for e in TABLE_ENTITIES.values()
+    ]
+    specs.append(TopicSpec(dead_letter_topic(settings), 1))
+    # The producer creates its change topics; creating them here too lets the worker start first.
+    specs += [TopicSpec(input_topic(settings, t), settings.output_partitions) for t in TABLE_ENTITIES]
+    ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 
 def _batch_agent(

@@ -313,3 +313,41 @@ def test_a_worker_killed_mid_stream_loses_nothing_and_re_emits_identical_records
             first[k] = v
     assert len(first) == total, err.decode(errors="replace")[-2000:]
     sys.stderr.write(f"\nkill -9 mid-stream: {total} events, {duplicates} re-emitted (byte-identical)\n")
+
+
+def test_the_owner_share_ledger_survives_a_restart(rig: ProcessorRig) -> None:
+    rig.send(
+        "PropertyOwner",
+        [
+            (
+                key("PropertyOwner", "PropertyOwnerID", 1),
+                event("PropertyOwner", "c", owner_row(1, 9, "60.00"), None, 100),
+            )
+        ],
+    )
+    worker = rig.start()
+    try:
+        assert len(wait_for(rig, rig.output_topic("owners"), 1)) == 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=60)
+    # A new worker restores the ledger from its changelog: 60 % + 60 % is caught across the restart.
+    rig.send(
+        "PropertyOwner",
+        [
+            (
+                key("PropertyOwner", "PropertyOwnerID", 2),
+                event("PropertyOwner", "c", owner_row(2, 9, "60.00"), None, 101),
+            )
+        ],
+    )
+    restarted = rig.start()
+    try:
+        dead = wait_for(rig, rig.dlq, 1)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        _out, err = restarted.communicate(timeout=60)
+    assert dead, err.decode(errors="replace")[-2000:]
+    letter = CODEC.decode(dead[0][1]).value
+    assert letter["violations"][0]["rule_id"] == "OWN-SET-OVER-100"
+    assert len(read_all(rig.bootstrap, rig.output_topic("owners"))) == 1

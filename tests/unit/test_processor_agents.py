@@ -1,0 +1,114 @@
+"""Faust agents under Agent.test_context(): no broker; outputs captured by a stand-in producer."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from pacs_sync.metrics import ProcessorMetrics
+from schemas.codec import AvroCodec, SchemaRegistry
+from stream_processors.app import create_app
+from stream_processors.handling import OutRecord
+from stream_processors.settings import ProcessorSettings
+
+CODEC = AvroCodec(SchemaRegistry.from_package())
+
+
+class CapturingOutput:
+    """Stands in for the Kafka output producer (unit tests run without a broker)."""
+
+    def __init__(self) -> None:
+        self.sent: list[OutRecord] = []
+        self.flushes = 0
+
+    def send(self, records: tuple[OutRecord, ...]) -> None:
+        self.sent.extend(records)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def _event(pid: int, zip_code: str) -> bytes:
+    row = {
+        "PropertyID": pid,
+        "ParcelNumber": "1-0289-101-0021-000",
+        "Address": "1234 W CLEARWATER AVE",
+        "City": "KENNEWICK",
+        "State": "WA",
+        "ZipCode": zip_code,
+        "LegalDescription": None,
+        "Acreage": Decimal("0.2500"),
+        "YearBuilt": 1998,
+    }
+    source = {
+        "connector": "terrafusion-pacs-sync",
+        "version": "test",
+        "db": "pacs",
+        "schema": "dbo",
+        "table": "Property",
+        "capture_instance": "dbo_Property",
+        "commit_lsn": f"0000002a:{pid:08x}:0001",
+        "change_lsn": f"0000002a:{pid:08x}:0001",
+        "event_serial_no": 2,
+        "commit_ts_ms": datetime(2025, 6, 1, tzinfo=UTC),
+        "snapshot": "false",
+    }
+    envelope = {
+        "before": None,
+        "after": row,
+        "op": "c",
+        "source": source,
+        "ts_ms": datetime(2025, 6, 1, tzinfo=UTC),
+    }
+    return CODEC.encode("pacs.dbo.PropertyEnvelope", envelope)
+
+
+def test_property_agent_emits_clean_records_and_dead_letters() -> None:
+    settings = ProcessorSettings(processor_app_id="unit-test-app", metrics_port=0, output_prefix="tf")
+    output = CapturingOutput()
+    registry = CollectorRegistry()
+    app = create_app(
+        settings,
+        codec=CODEC,
+        metrics=ProcessorMetrics.create(registry),
+        output=output,  # type: ignore[arg-type]  # duck-typed stand-in for OutputProducer
+        create_topics=False,
+    )
+
+    async def run() -> None:
+        app.loop = asyncio.get_running_loop()
+        app.finalize()
+        app.flow_control.resume()
+        agent = app.agents["unit-test-app-properties"]
+        async with agent.test_context() as test_agent:
+            key = CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": 1})
+            await test_agent.put(_event(1, "99336-1234"), key=key)
+            await test_agent.put(
+                _event(2, "9933"), key=CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": 2})
+            )
+            await test_agent.put(b"not avro at all", key=None)
+            await asyncio.sleep(0.3)  # let the batch's `within` expire
+
+    asyncio.run(run())
+    topics = [record.topic for record in output.sent]
+    assert topics == ["tf.properties", "tf.dlq", "tf.dlq"]
+    clean: Any = CODEC.decode(output.sent[0].value or b"").value
+    assert (clean["property_id"], clean["city"], clean["zip5"], clean["zip4"]) == (
+        1,
+        "Kennewick",
+        "99336",
+        "1234",
+    )
+    assert dict(output.sent[1].headers)["error_code"] == b"PACS-004"
+    assert dict(output.sent[2].headers)["error_code"] == b"PACS-012"
+    assert output.flushes >= 1  # outputs flushed before the batch is acknowledged
+    assert (
+        registry.get_sample_value(
+            "pacs_sync_processor_events_total", {"entity": "properties", "outcome": "valid"}
+        )
+        == 1
+    )
