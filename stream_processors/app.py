@@ -148,6 +148,8 @@ def create_app(
         web_enabled=False,
         producer_linger=0.005,
         processing_guarantee="at_least_once",
+        # Faust keeps table state under datadir: inside the project's state dir, not the cwd.
+        datadir=str(settings.state_dir.resolve() / "faust"),
     )
     if create_topics:
         _create_topics(settings)
