@@ -134,9 +134,18 @@ def sim_init(
         float,
         typer.Option(min=0.0, max=1.0, help="Fraction of rows given realistic bad data (default clean)."),
     ] = 0.0,
+    keep_existing: Annotated[
+        bool, typer.Option("--keep-existing", help="Leave an existing emulated database as it is (resume).")
+    ] = False,
 ) -> None:
     """(Re)create the emulated PACS database, load generated data, enable CDC, start the Agent."""
     settings = _sim_settings()
+    if keep_existing and is_installed(settings):
+        started = AgentProcess(settings.state_dir, settings.db_name).start()
+        typer.echo(
+            f"emulated PACS database {settings.db_name!r} kept" + ("; cdc-agent started" if started else "")
+        )
+        return
     try:
         chosen = scale_for(scale)
     except ValueError as exc:

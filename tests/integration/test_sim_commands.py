@@ -134,3 +134,18 @@ def test_bad_scale_is_a_usage_error(sim_env: dict[str, str]) -> None:
     result = run_cli(["sim", "init", "--scale", "huge"], sim_env)
     assert result.returncode == 2
     assert "--scale" in result.stderr
+
+
+def test_keep_existing_leaves_the_database_as_it_is(stack: LocalStack, sim_env: dict[str, str]) -> None:
+    database = sim_env["PACS_DB_NAME"]
+    assert run_cli(["sim", "init", "--scale", "small"], sim_env).returncode == 0
+    conn = dbapi.connect(**connection_kwargs(stack.postgres, database))
+    try:
+        conn.cursor().execute("DELETE FROM dbo.Structure")
+        conn.commit()
+    finally:
+        conn.close()
+    kept = run_cli(["sim", "init", "--scale", "small", "--keep-existing"], sim_env)
+    assert kept.returncode == 0, kept.stderr
+    assert "kept" in kept.stdout
+    assert query(stack, database, "SELECT COUNT(*) FROM dbo.Structure")[0][0] == 0  # not re-created
