@@ -386,7 +386,7 @@ class ProducerRunner:
         source = self.source
         started = time.perf_counter()
         try:
-            position = self._current_position()
+            position = self.offset.position
             last_tx = source.max_transaction_lsn()
             self._more_pending = False
             if last_tx is None or (
@@ -410,9 +410,6 @@ class ProducerRunner:
         finally:
             source.end_read()
             self.metrics.poll_duration.observe(time.perf_counter() - started)
-
-    def _current_position(self) -> SourcePosition | None:
-        return self.offset.position
 
     def _segments(self, position: SourcePosition | None, high: Lsn) -> list[Segment]:
         """Read segments for the window; checks retention on every capture instance in use."""

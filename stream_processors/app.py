@@ -178,14 +178,17 @@ def create_app(
         handler = EventHandler(
             codec, entity, output_topic(settings, entity), dead_letter_topic(settings), as_of=as_of
         )
-        if entity == "owners":
-            app.agent(topic, name=f"{settings.processor_app_id}-owners", concurrency=1)(
-                _owners_agent(settings, handler, shares, output, record, codec)
+        owners = entity == "owners"
+        app.agent(topic, name=f"{settings.processor_app_id}-{entity}", concurrency=1)(
+            _agent(
+                settings,
+                handler,
+                output,
+                record,
+                owner_shares=shares if owners else None,
+                regroup=property_key_of(codec) if owners else None,
             )
-        else:
-            app.agent(topic, name=f"{settings.processor_app_id}-{entity}", concurrency=1)(
-                _batch_agent(settings, handler, output, record)
-            )
+        )
     return app
 
 
@@ -200,52 +203,31 @@ def _create_topics(settings: ProcessorSettings) -> None:
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 
-def _batch_agent(
+def _agent(
     settings: ProcessorSettings,
     handler: EventHandler,
     output: OutputProducer,
     record: Callable[[str, Outcome], None],
+    *,
+    owner_shares: Any = None,
+    regroup: Callable[[bytes | None], bytes] | None = None,
 ) -> Callable[[Any], Any]:
+    """One entity's agent. With ``regroup`` and ``owner_shares`` (owners), events are re-keyed by
+    PropertyID and each property's ledger is loaded from, and saved back to, the Faust table."""
+
     async def process(stream: Any) -> None:  # a faust.Stream (its type stubs lack take_events)
+        if regroup is not None:
+            stream = stream.group_by(
+                regroup, name=f"{settings.processor_app_id}-{handler.entity}-by-property"
+            )
         async for events in stream.take_events(settings.batch_max_events, within=settings.batch_within_s):
             for event in events:
                 message = event.message
-                outcome = handler.handle(
-                    message.key,
-                    message.value,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                )
-                output.send(outcome.records)
-                record(handler.entity, outcome)
-            output.flush()  # outputs are in Kafka before Faust acks this batch
-
-    return process
-
-
-def _owners_agent(
-    settings: ProcessorSettings,
-    handler: EventHandler,
-    shares: Any,
-    output: OutputProducer,
-    record: Callable[[str, Outcome], None],
-    codec: AvroCodec,
-) -> Callable[[Any], Any]:
-    key_of = property_key_of(codec)
-
-    async def process(stream: Any) -> None:  # a faust.Stream (its type stubs lack take_events)
-        regrouped = stream.group_by(
-            lambda value: key_of(value), name=f"{settings.processor_app_id}-owners-by-property"
-        )
-        async for events in regrouped.take_events(settings.batch_max_events, within=settings.batch_within_s):
-            for event in events:
-                message = event.message
-                property_key = message.key or b"?"
+                property_key: bytes = message.key or b"?"
                 ledger = None
-                if property_key.isdigit():
+                if owner_shares is not None and property_key.isdigit():
                     ledger = OwnerShareLedger()
-                    stored = shares[property_key]
+                    stored = owner_shares[property_key]
                     ledger.load_state(int(property_key), json.loads(stored) if stored else None)
                 outcome = handler.handle(
                     message.key,
@@ -256,9 +238,9 @@ def _owners_agent(
                     ledger=ledger,
                 )
                 if ledger is not None:
-                    shares[property_key] = json.dumps(ledger.to_state(int(property_key))).encode()
+                    owner_shares[property_key] = json.dumps(ledger.to_state(int(property_key))).encode()
                 output.send(outcome.records)
                 record(handler.entity, outcome)
-            output.flush()
+            output.flush()  # outputs are in Kafka before Faust acks this batch
 
     return process
