@@ -272,6 +272,17 @@ def processor_command() -> None:
     serve_processor(settings)
 
 
+@app.command("sink")
+def sink_command() -> None:
+    """Run the sink: clean topics to PostgreSQL, exactly once, position-guarded (migrates first)."""
+    from sink.runner import serve_sink
+    from sink.settings import SinkSettings
+
+    settings = SinkSettings.load()
+    configure_logging(settings.log_level)
+    serve_sink(settings)
+
+
 @app.command("check-connection")
 def check_connection_command(
     conformance: Annotated[

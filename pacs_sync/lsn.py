@@ -100,3 +100,21 @@ class SourcePosition:
     def transaction_complete(self) -> bool:
         """True when every change of ``commit_lsn`` is at or before this position."""
         return self.change_lsn is None
+
+
+_AFTER_EVERY_CHANGE = b"\xff" * LSN_SIZE
+
+
+def position_bytes(commit_lsn: str, change_lsn: str | None, serial: int) -> bytes:
+    """A source position as bytes whose byte order is log order (the sink's ``source_position``).
+
+    ``commit (10) + change (10, or ff… for a snapshot read) + serial (1, or ff for a snapshot read)``:
+    the same order as :class:`SourcePosition`, so PostgreSQL can guard upserts with a plain
+    ``bytea`` comparison.
+    """
+    commit = Lsn.parse(commit_lsn).value
+    if change_lsn is None:
+        return commit + _AFTER_EVERY_CHANGE + b"\xff"
+    if not 0 <= serial < 0xFF:
+        raise ValueError(f"event serial out of range: {serial}")
+    return commit + Lsn.parse(change_lsn).value + bytes((serial,))

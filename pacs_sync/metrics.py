@@ -129,6 +129,67 @@ class ProcessorMetrics:
         )
 
 
+# Sink batches: a few rows to a Benton-size load.
+_BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000)
+
+
+@dataclass(frozen=True)
+class SinkMetrics:
+    """The sink's metrics."""
+
+    rows: Counter
+    batch_rows: Histogram
+    batch_duration: Histogram
+    end_to_end_latency: Histogram
+    consumer_lag: Gauge
+    errors: Counter
+    rejected: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SinkMetrics:
+        """Register the sink's metrics in ``registry``."""
+        return cls(
+            rows=Counter(
+                "pacs_sync_sink_rows",
+                "Rows written to PostgreSQL by entity and op (upsert, delete, stale = ignored by the guard)",
+                [Label.ENTITY, Label.OP],
+                registry=registry,
+            ),
+            batch_rows=Histogram(
+                "pacs_sync_sink_batch_rows",
+                "Records per committed batch",
+                buckets=_BATCH_SIZE_BUCKETS,
+                registry=registry,
+            ),
+            batch_duration=Histogram(
+                "pacs_sync_sink_batch_duration_seconds",
+                "Time to write and commit one batch",
+                buckets=_POLL_BUCKETS,
+                registry=registry,
+            ),
+            end_to_end_latency=Histogram(
+                "pacs_sync_end_to_end_latency_seconds",
+                "Source commit to PostgreSQL commit, per streamed change",
+                [Label.ENTITY],
+                buckets=_LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "pacs_sync_sink_consumer_lag_records",
+                "Clean-topic records not yet written, per entity",
+                [Label.ENTITY],
+                registry=registry,
+            ),
+            errors=Counter("pacs_sync_sink_errors", "Errors by PACS code", [Label.CODE], registry=registry),
+            rejected=Counter(
+                "pacs_sync_sink_rejected_rows",
+                "Rows PostgreSQL refused (dead-lettered), by entity",
+                [Label.ENTITY],
+                registry=registry,
+            ),
+        )
+
+
 def serve(registry: CollectorRegistry, port: int) -> None:
     """Expose ``registry`` on ``http://0.0.0.0:<port>/metrics`` (0: do nothing)."""
     if port:

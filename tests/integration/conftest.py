@@ -143,3 +143,21 @@ def emulated_pacs(stack: LocalStack, emulator_template: str, unique_name: str) -
         root.cursor().execute(f'DROP DATABASE IF EXISTS "{unique_name}" WITH (FORCE)')
         root.cursor().execute(f'DROP ROLE IF EXISTS "{reader_user}"')
         root.close()
+
+
+# ---- the TerraFusion target: one database per test, owned by the target role ----
+
+
+@pytest.fixture
+def target_database(stack: LocalStack, target_dsn: str, unique_name: str) -> Iterator[str]:
+    """A fresh, empty target database owned by the target role; returns its DSN."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(target_dsn)
+    root = stack.postgres.connect()
+    root.cursor().execute(f'CREATE DATABASE "{unique_name}" OWNER "{parts.username}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{unique_name}"))
+    finally:
+        root.cursor().execute(f'DROP DATABASE IF EXISTS "{unique_name}" WITH (FORCE)')
+        root.close()

@@ -1,0 +1,29 @@
+"""The sink's errors: subclasses of the shared hierarchy, each with its PACS code."""
+
+from __future__ import annotations
+
+from pacs_sync.errors import ErrorCode, FatalError, PoisonMessageError, RetriableError
+
+
+class RowRejectedError(PoisonMessageError):
+    """PostgreSQL refused one row (constraint, value out of range): it is dead-lettered (PACS-011)."""
+
+    code = ErrorCode.TARGET_WRITE_REJECTED
+
+
+class TargetUnavailableError(RetriableError):
+    """The target database cannot be reached or dropped the connection (PACS-001); retried."""
+
+    code = ErrorCode.CONNECTION_UNAVAILABLE
+
+
+class MigrationError(FatalError):
+    """The target schema could not be brought to the version this sink expects (PACS-013)."""
+
+    code = ErrorCode.DATABASE_ERROR
+
+
+class DeadLetterDeliveryError(RetriableError):
+    """Rejected rows could not be written to the dead-letter topic; the batch is not committed (PACS-010)."""
+
+    code = ErrorCode.KAFKA_DELIVERY_FAILED
