@@ -283,6 +283,30 @@ def sink_command() -> None:
     serve_sink(settings)
 
 
+@app.command("resync")
+def resync_command(
+    entity: Annotated[
+        list[str] | None, typer.Option("--entity", "-e", help="Entity to rebuild (repeatable; default: all).")
+    ] = None,
+) -> None:
+    """Rebuild target tables by replaying the compacted clean topics into shadows, then swap them in."""
+    import asyncio
+
+    from sink.resync import run_resync
+    from sink.settings import SinkSettings
+
+    settings = SinkSettings.load()
+    configure_logging(settings.log_level)
+    report = asyncio.run(run_resync(settings, entity or list(settings.entities)))
+    for name in report.entities:
+        typer.echo(
+            f"{name:<11} replayed {report.replayed.get(name, 0):>9,}  rows {report.rows.get(name, 0):>9,}"
+        )
+    typer.echo(
+        f"resync run {report.run_id} swapped in {len(report.entities)} tables in {report.seconds:.1f} s"
+    )
+
+
 @app.command("check-connection")
 def check_connection_command(
     conformance: Annotated[

@@ -190,3 +190,70 @@ class DeadLetterProducer:
                 raise DeadLetterDeliveryError(f"dead letters not acknowledged within {timeout_s:.0f} s")
         if failures:
             raise DeadLetterDeliveryError(f"dead letters not delivered: {failures[:3]}")
+
+
+class ReplayReader:
+    """Reads clean topics from given offsets up to fixed end offsets (a resync's replay), no group."""
+
+    def __init__(self, bootstrap: str, group_id: str) -> None:
+        """Create an unsubscribed ``read_committed`` consumer (the group id only names it)."""
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "isolation.level": "read_committed",
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 8 * 1024 * 1024,
+                "log_level": 3,
+            }
+        )
+        self._ends: dict[tuple[str, int], int] = {}
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        """The current end (last stable) offset of every partition of ``topics``."""
+        ends: dict[tuple[str, int], int] = {}
+        for topic in topics:
+            metadata = self._consumer.list_topics(topic, timeout=30)
+            for partition in metadata.topics[topic].partitions:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                ends[(topic, partition)] = high
+        return ends
+
+    def assign(self, starts: Mapping[tuple[str, int], int], ends: Mapping[tuple[str, int], int]) -> None:
+        """Read each partition from ``starts`` (default 0) to just before ``ends``."""
+        self._ends = {tp: end for tp, end in ends.items() if starts.get(tp, 0) < end}
+        self._consumer.assign([TopicPartition(t, p, starts.get((t, p), 0)) for (t, p) in self._ends])
+
+    @property
+    def done(self) -> bool:
+        """Every assigned partition reached its end offset."""
+        return not self._ends
+
+    def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
+        """Up to ``max_records`` messages before the end offsets."""
+        out: list[Message] = []
+        for message in self._consumer.consume(num_messages=max_records, timeout=max_wait_s):
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    logger.warning("%s: replay: %s", ErrorCode.KAFKA_DELIVERY_FAILED, error)
+                continue
+            tp = (message.topic() or "", message.partition() or 0)
+            end = self._ends.get(tp)
+            offset = message.offset() or 0
+            if end is None or offset >= end:
+                continue
+            out.append(message)
+        # Positions, not the last offsets seen: compaction gaps and transaction markers have no message.
+        remaining = [TopicPartition(t, p) for (t, p) in self._ends]
+        for tp_pos in self._consumer.position(remaining) if remaining else []:
+            key = (tp_pos.topic, tp_pos.partition)
+            if tp_pos.offset >= 0 and tp_pos.offset >= self._ends[key]:
+                del self._ends[key]
+        return out
+
+    def close(self) -> None:
+        """Close the consumer."""
+        self._consumer.close()

@@ -13,7 +13,7 @@ import logging
 import signal
 from collections import defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import KafkaException, Message
 from prometheus_client import CollectorRegistry
@@ -22,6 +22,7 @@ from pacs_sync.errors import ErrorCode, PacsSyncError
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.metrics import SinkMetrics, serve
 from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError
+from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter, reduce_by_key, to_row
 from sink.kafka_io import CleanTopicConsumer, DeadLetterProducer
 from sink.settings import SinkSettings
@@ -31,6 +32,7 @@ from sink.target import BatchResult, TargetDatabase
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF_S = 30.0
+_PURGE_EVERY_S = 600.0
 
 
 def clean_topic(settings: SinkSettings, entity: str) -> str:
@@ -109,6 +111,7 @@ class SinkRunner:
         )
         self.records_written = 0
         self._last_offsets: dict[tuple[str, int], int] = {}
+        self._last_purge = float("-inf")
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -157,6 +160,7 @@ class SinkRunner:
                         self._observe_lag(consumer)
                         continue
                     idle_since = loop.time()
+                    await self._purge_markers_when_due(loop.time())
                     await self._write(messages)
                     consumer.mark_committed(self._last_offsets)
                     self._observe_lag(consumer)
@@ -216,6 +220,22 @@ class SinkRunner:
                 if ts is not None:
                     latency.observe(max((committed_at - ts).total_seconds(), 0.0))
         return result
+
+    async def _purge_markers_when_due(self, now: float) -> None:
+        """Drop delete markers older than the configured retention, at most every 10 minutes.
+
+        A marker only has to outlive the clean topics' retention: past it, no replay can carry an
+        older version of the row.
+        """
+        days = self.settings.marker_retention_days
+        if not days or now - self._last_purge < _PURGE_EVERY_S:
+            return
+        self._last_purge = now
+        for entity in self.settings.entities:
+            status = await self.target.execute(
+                statements.purge_markers(ENTITIES[entity]), timedelta(days=days)
+            )
+            logger.info("purged delete markers older than %d days from %s: %s", days, entity, status)
 
     def _observe_lag(self, consumer: CleanTopicConsumer) -> None:
         lag = consumer.lag()

@@ -126,6 +126,29 @@ def swap_shadow(spec: EntitySpec) -> list[str]:
     ]
 
 
+def start_run() -> str:
+    """Record a run ($1 kind, $2 entities) as running; returns its run_id."""
+    return f"INSERT INTO {SYNC_SCHEMA}.sync_runs (kind, entities) VALUES ($1, $2) RETURNING run_id"
+
+
+def finish_run() -> str:
+    """Record a run's outcome ($1 state, $2 detail JSON text, $3 run_id)."""
+    return (
+        f"UPDATE {SYNC_SCHEMA}.sync_runs SET state = $1, finished_at = now(), detail = $2::jsonb "
+        "WHERE run_id = $3"
+    )
+
+
+def count_rows(spec: EntitySpec) -> str:
+    """Rows of the base table, delete markers included."""
+    return f"SELECT count(*) FROM {spec.table}"
+
+
+def delete_offsets() -> str:
+    """Forget every offset of a consumer ($1): a finished resync's replay position."""
+    return f"DELETE FROM {SYNC_SCHEMA}.sync_offsets WHERE consumer = $1"
+
+
 def purge_markers(spec: EntitySpec) -> str:
     """Remove delete markers older than $1 (an interval): no replay can resurrect them any more."""
     return f"DELETE FROM {spec.table} WHERE deleted AND synced_at < now() - $1::interval"

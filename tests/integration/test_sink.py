@@ -317,3 +317,92 @@ def test_undecodable_bytes_on_a_clean_topic_are_dead_lettered(rig: SinkRig) -> N
     assert list(valuations(rig)) == [1]
     letters = read_all(rig.bootstrap, f"{rig.prefix}.dlq")
     assert [h["error_code"] for _, _, h in letters] == [b"PACS-012"]
+
+
+def test_resync_rebuilds_and_swaps_without_losing_changes_made_during_it(rig: SinkRig) -> None:
+    """A live sink keeps writing while the resync replays; drift in the live table is repaired."""
+    import threading
+
+    from sink.resync import run_resync
+
+    rng = random.Random(7)
+    expected: dict[int, dict[str, Any]] = {}
+    commit = 10
+
+    def batch(n: int) -> list[dict[str, Any]]:
+        nonlocal commit
+        out = []
+        for _ in range(n):
+            commit += 1
+            vid = rng.randrange(1, 6000)
+            record = valuation(vid, commit, assessed=f"{rng.randrange(1, 10**6)}.00")
+            if rng.random() < 0.05:
+                record = valuation(vid, commit, deleted=True)
+            out.append(record)
+            expected[vid] = record
+        return out
+
+    rig.send("valuations", batch(30_000))
+    rig.run()
+    # Drift a replay cannot repair (same positions, different data): only a rebuild can.
+    rig.rows("UPDATE pacs_sync.valuations SET land_value = 1.00 WHERE valuation_id < 200 AND NOT deleted")
+    live_sink = subprocess.Popen(
+        [sys.executable, "-m", "pacs_sync", "sink"],
+        env=rig.env(PACS_SINK_BATCH_SIZE="200"),
+        stderr=subprocess.PIPE,
+    )
+    during = [batch(1000) for _ in range(20)]
+    sent_at: list[float] = []
+
+    def send_during() -> None:
+        for chunk in during:
+            rig.send("valuations", chunk)
+            sent_at.append(time.monotonic())
+            time.sleep(0.15)
+
+    sender = threading.Thread(target=send_during)
+    try:
+        sender.start()
+        time.sleep(0.5)
+        resync_started = time.monotonic()
+        report = asyncio.run(run_resync(rig.settings(), ["valuations"]))
+        resync_finished = time.monotonic()
+        sender.join(timeout=120)
+        total = 30_000 + 20_000
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done = rig.rows(
+                "SELECT coalesce(sum(next_offset), 0) FROM pacs_sync.sync_offsets WHERE consumer = "
+                f"'{rig.prefix}-sink'"
+            )[0][0]
+            if done >= total:
+                break
+            time.sleep(0.3)
+        assert done == total
+    finally:
+        live_sink.send_signal(signal.SIGTERM)
+        live_sink.wait(timeout=30)
+    assert any(resync_started < t < resync_finished for t in sent_at), "no change was made during the resync"
+    assert report.replayed["valuations"] >= 30_000
+    table = valuations(rig)
+    assert set(table) == set(expected)
+    for vid, record in expected.items():
+        assert table[vid] == (record["assessed_value"], record["deleted"], record["source_commit_lsn"]), vid
+    drift = rig.rows("SELECT count(*) FROM pacs_sync.valuations WHERE land_value = 1.00")[0][0]
+    assert drift == 0, "the rebuilt table still holds the drifted values"
+    runs = rig.rows("SELECT kind, state FROM pacs_sync.sync_runs")
+    assert [tuple(r) for r in runs] == [("resync", "succeeded")]
+    assert rig.rows("SELECT count(*) FROM pacs_sync.sync_offsets WHERE consumer LIKE 'resync-%'")[0][0] == 0
+    assert rig.rows("SELECT to_regclass('pacs_sync.valuations__shadow') IS NULL")[0][0]
+    view = rig.rows("SELECT count(*) FROM terrafusion.valuations")[0][0]
+    assert view == sum(1 for r in expected.values() if not r["deleted"])
+
+
+def test_delete_markers_older_than_the_retention_are_purged(rig: SinkRig) -> None:
+    rig.send("valuations", [valuation(1, 10), valuation(2, 11), valuation(1, 12, deleted=True)], partitions=1)
+    rig.send("valuations", [valuation(2, 13, deleted=True)], partitions=1)
+    rig.run()
+    rig.rows("UPDATE pacs_sync.valuations SET synced_at = now() - interval '10 days' WHERE valuation_id = 1")
+    rig.send("valuations", [valuation(3, 14)], partitions=1)
+    rig.run(marker_retention_days=5)
+    assert sorted(valuations(rig)) == [2, 3], "only the marker older than the retention goes"
