@@ -283,6 +283,33 @@ def sink_command() -> None:
     serve_sink(settings)
 
 
+@app.command("verify")
+def verify_command(
+    entity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--entity", "-e", help="Entity to verify (repeatable or comma-separated; default: all)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Keys listed per kind and entity.")] = 20,
+) -> None:
+    """Reconcile PACS with the target: counts, row hashes by key range, missing/extra/different keys.
+
+    Exit 0 when they match (dead-lettered rows allowed, and listed), 1 on any unexplained difference.
+    """
+    from reconcile.report import render_text
+    from reconcile.runner import run_verify
+    from reconcile.settings import ReconcileSettings
+
+    settings = ReconcileSettings.load()
+    configure_logging(settings.log_level)
+    report = run_verify(settings, entity, limit=limit)
+    typer.echo(json.dumps(report.as_dict(), indent=2) if as_json else render_text(report))
+    if report.exit_code:
+        raise typer.Exit(code=report.exit_code)
+
+
 @app.command("resync")
 def resync_command(
     entity: Annotated[

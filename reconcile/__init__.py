@@ -1,0 +1,1 @@
+"""``pacs-sync verify``: reconcile the PACS source with the TerraFusion target, row by row."""
