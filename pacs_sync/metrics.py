@@ -22,6 +22,7 @@ class Label(StrEnum):
     PHASE = "phase"
     OUTCOME = "outcome"
     RULE = "rule"
+    STAGE = "stage"
 
 
 # End-to-end latencies bracket seconds to minutes (the seed's target was "under 15 minutes").
@@ -188,6 +189,64 @@ class SinkMetrics:
                 registry=registry,
             ),
         )
+
+
+@dataclass(frozen=True)
+class SupervisorMetrics:
+    """The ``pacs-sync run`` supervisor's metrics: which stages are up, how often they restarted."""
+
+    stage_up: Gauge
+    restarts: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> SupervisorMetrics:
+        """Register the supervisor's metrics in ``registry``."""
+        return cls(
+            stage_up=Gauge(
+                "pacs_sync_stage_up",
+                "1 while a pipeline stage process runs, else 0",
+                [Label.STAGE],
+                registry=registry,
+            ),
+            restarts=Counter(
+                "pacs_sync_stage_restarts",
+                "Times a crashed pipeline stage was restarted",
+                [Label.STAGE],
+                registry=registry,
+            ),
+        )
+
+
+# Sample-name suffixes per metric family type, as the text exposition writes them. A counter's family
+# name drops ``_total``; ``_created`` is exported unless PROMETHEUS_DISABLE_CREATED_SERIES is set.
+_SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "info": ("_info",),
+    "stateset": ("",),
+    "unknown": ("",),
+}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the pipeline's processes can export: the names dashboards and alerts may use.
+
+    Builds each metrics dataclass against a fresh registry and derives the sample names of each
+    family from its type (labelled metrics have no samples until first used), e.g. a counter
+    ``x`` gives ``x_total`` and ``x_created``, a histogram ``_bucket``, ``_sum``, ``_count`` and
+    ``_created``.
+    """
+    registry = CollectorRegistry()
+    for metrics in (ProducerMetrics, ProcessorMetrics, SinkMetrics, SupervisorMetrics):
+        metrics.create(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
+        names.update(sample.name for sample in family.samples)
+    return names
 
 
 def serve(registry: CollectorRegistry, port: int) -> None:
