@@ -238,6 +238,71 @@ def agent_status() -> None:
         raise typer.Exit(code=1)
 
 
+@app.command("run")
+def run_command(
+    processors: Annotated[
+        int | None, typer.Option("--processors", min=1, max=16, help="Stream-processor workers.")
+    ] = None,
+    churn_rate: Annotated[
+        float,
+        typer.Option("--churn-rate", min=0.0, help="Also apply a simulated workload (changes/s; 0: none)."),
+    ] = 0.0,
+) -> None:
+    """Run producer, processor(s) and sink together, supervised: crashed stages restart; Ctrl-C stops all."""
+    from pipeline.runner import serve_pipeline
+    from pipeline.settings import PipelineSettings
+
+    overrides = {"processor_workers": processors} if processors else {}
+    settings = PipelineSettings.load(**overrides)
+    configure_logging(settings.log_level)
+    serve_pipeline(settings, churn_rate=churn_rate, announce=typer.echo)
+
+
+@app.command("sync")
+def sync_command(
+    until_caught_up: Annotated[
+        bool,
+        typer.Option(
+            "--until-caught-up",
+            help="Run until everything committed in the source at start is in PostgreSQL.",
+        ),
+    ] = True,
+    entities: Annotated[
+        list[str] | None, typer.Option("--entities", "-e", help="Entity to sync (repeatable; default: all).")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-snapshot the entities' tables first.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=1.0, help="Give up (PACS-005) after this many seconds.")
+    ] = 3600.0,
+) -> None:
+    """The seed's manual sync: run the pipeline until caught up, then print a summary per entity."""
+    from pipeline.display import ProgressDisplay
+    from pipeline.settings import PipelineSettings
+    from pipeline.sync import ENTITY_TABLES, SyncUntilCaughtUp
+
+    if not until_caught_up:
+        raise typer.BadParameter("a continuous sync is `pacs-sync run`", param_hint="--until-caught-up")
+    settings = PipelineSettings.load()
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())  # stages this sync started are stopped, not orphaned
+    with ProgressDisplay() as show:
+        sync = SyncUntilCaughtUp(
+            settings, entities or list(ENTITY_TABLES), full=full, timeout_s=timeout, on_progress=show
+        )
+        result = sync.run(stop)
+    typer.echo(f"{'entity':<12}{'events':>10}{'invalid':>10}{'time (s)':>10}{'events/s':>11}")
+    for item in result.entities:
+        typer.echo(
+            f"{item.entity:<12}{item.events:>10,}{item.invalid:>10,}{item.seconds:>10.1f}{item.rate:>11,.0f}"
+        )
+    typer.echo(
+        f"caught up in {result.seconds:.1f} s"
+        + (" (stages started and stopped)" if result.started_stages else "")
+    )
+
+
 @app.command("producer")
 def producer_command(
     until_caught_up: Annotated[

@@ -40,6 +40,7 @@ from producer.mapping import (
 )
 from producer.offsets import SourceOffset
 from producer.publisher import TransactionalPublisher, read_last_value
+from producer.requests import clear_request, pending_resnapshot, request_file
 from producer.settings import ProducerSettings, SnapshotMode
 from producer.source import CaptureInstance, CdcSource
 from producer.stream import Segment, fold_updates, releasable
@@ -103,7 +104,7 @@ class ProducerRunner:
         self._publisher: TransactionalPublisher | None = None
         self.offset = SourceOffset()
         self.summary = RunSummary()
-        self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()
+        self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()  # see committed_offset
         self._last_heartbeat = 0.0
         self._last_headroom = 0.0
         self._more_pending = False
@@ -208,6 +209,7 @@ class ProducerRunner:
             self.snapshot(stop)
         idle_sleep = self.settings.min_poll_interval_s
         while not stop.is_set():
+            self._serve_resnapshot_request()
             moved = self._poll_with_retry(stop)
             if until_caught_up and self._caught_up(target):
                 break
@@ -222,7 +224,23 @@ class ProducerRunner:
         self.summary.seconds = time.monotonic() - started
         return self.summary
 
+    def _serve_resnapshot_request(self) -> None:
+        """Re-publish the tables an operator asked for (:mod:`producer.requests`), then drop the request."""
+        path = request_file(self.settings.state_dir, self.settings.topic_prefix, self.settings.db_name)
+        tables = pending_resnapshot(path)
+        if not tables or not self.offset.snapshot_completed:
+            return  # a first snapshot (or one resuming) covers every table anyway
+        logger.info("re-snapshot requested for %s", ", ".join(tables))
+        for table in tables:
+            self._resnapshot(table)
+            self.source.end_read()
+        clear_request(path, tables)
+
     def _caught_up(self, target: Lsn | None) -> bool:
+        if pending_resnapshot(
+            request_file(self.settings.state_dir, self.settings.topic_prefix, self.settings.db_name)
+        ):
+            return False
         position = self.offset.position
         if target is None:
             return self.offset.snapshot_completed or self.settings.snapshot_mode is SnapshotMode.NEVER
@@ -719,6 +737,19 @@ def _later(position: SourcePosition | None, floor: Lsn | None) -> SourcePosition
     if floor is None or (position is not None and position >= SourcePosition(floor)):
         return position
     return SourcePosition(floor)
+
+
+def committed_offset(settings: ProducerSettings, codec: AvroCodec | None = None) -> SourceOffset | None:
+    """The producer's last committed offset (position and snapshot state), read from its offsets topic."""
+    raw = read_last_value(
+        settings.kafka_bootstrap_servers,
+        offsets_topic(settings),
+        f"{settings.topic_prefix}.{settings.db_name}".encode(),
+    )
+    if raw is None:
+        return None
+    codec = codec or AvroCodec(SchemaRegistry.from_package())
+    return SourceOffset.from_record(codec.decode(raw).value)
 
 
 def serve_producer(settings: ProducerSettings, *, until_caught_up: bool = False) -> RunSummary:
