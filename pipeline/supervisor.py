@@ -81,7 +81,10 @@ class Supervisor:
         """Prepare; nothing starts before :meth:`start`."""
         self.settings = settings
         self.metrics = metrics
-        self.log_dir = log_dir or settings.state_dir / "logs"
+        self.log_dir = (
+            log_dir
+            or settings.state_dir / "logs" / f"pipeline.{settings.db_name}.{settings.clean_topic_prefix}"
+        )
         self._stages = {s.name: _Running(s) for s in stages}
         self._lock = threading.Lock()
 

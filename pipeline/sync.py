@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacs_sync.errors import ErrorCode, FatalError
+from pacs_sync.errors import ErrorCode, FatalError, RetriableError
 from pacs_sync.lsn import Lsn
 from pacs_sync.metrics import SupervisorMetrics
 from pacs_sync.stack.processes import is_running, read_pid
@@ -78,8 +78,16 @@ class SyncResult:
 
 
 def pipeline_pid_file(settings: PipelineSettings) -> Path:
-    """Where ``pacs-sync run`` records its pid (a sync then uses the running stages)."""
-    return settings.state_dir / "run" / "pipeline.pid"
+    """Where ``pacs-sync run`` records its pid (a sync then uses the running stages).
+
+    One pipeline per source database and clean-topic prefix: several can share a state dir.
+    """
+    return settings.state_dir / "run" / f"pipeline.{pipeline_name(settings)}.pid"
+
+
+def pipeline_name(settings: PipelineSettings) -> str:
+    """Names one pipeline's files: source database and clean-topic prefix."""
+    return f"{settings.db_name}.{settings.clean_topic_prefix}"
 
 
 def pipeline_running(settings: PipelineSettings) -> bool:
@@ -209,7 +217,11 @@ class SyncUntilCaughtUp:
         logger.info("%s caught up", what)
 
     def _published(self, target_lsn: Lsn | None, state: dict[str, EntityProgress]) -> bool:
-        offset = committed_offset(self.producer_settings)
+        try:
+            offset = committed_offset(self.producer_settings)
+        except RetriableError as exc:  # e.g. the producer has not created its offsets topic yet
+            logger.debug("producer offset not readable yet: %s", exc)
+            return False
         pending = request_file(
             self.settings.state_dir, self.settings.topic_prefix, self.settings.db_name
         ).exists()
