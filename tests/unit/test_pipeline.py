@@ -42,7 +42,7 @@ def test_a_crashed_stage_is_restarted_with_a_doubling_backoff(tmp_path: Path) ->
     supervisor = Supervisor(settings(tmp_path), [crashing, steady], SupervisorMetrics.create(registry))
     supervisor.start()
     try:
-        restart_times = []
+        restart_times: list[float] = []
         deadline = time.monotonic() + 10
         while len(restart_times) < 3 and time.monotonic() < deadline:
             if "crashy" in supervisor.check():
