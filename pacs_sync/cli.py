@@ -399,6 +399,64 @@ def resync_command(
     )
 
 
+token_app = typer.Typer(help="Bearer tokens for the management API.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@app.command("api")
+def api_command(
+    openapi: Annotated[
+        bool, typer.Option("--openapi", help="Print the OpenAPI document and exit (no server, no database).")
+    ] = False,
+) -> None:
+    """Serve the management API (/api/v1/pacs-sync) and the /pacs-sync dashboard (HTTPS with a cert)."""
+    from api.app import create_app
+    from api.runner import serve_api
+    from api.settings import ApiSettings
+
+    settings = ApiSettings.load()
+    configure_logging(settings.log_level)
+    if openapi:
+        typer.echo(json.dumps(create_app(settings, schedule=False).openapi(), indent=2, sort_keys=True))
+        return
+    serve_api(settings)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="viewer, operator or admin.")],
+    ttl: Annotated[str, typer.Option(help="Lifetime: 30m, 8h, 7d, 2w or seconds.")] = "8h",
+    subject: Annotated[
+        str | None, typer.Option(help="Who the token is for (audit trail); default: the current user.")
+    ] = None,
+) -> None:
+    """Issue a bearer token for the API (HS256 with PACS_API_JWT_SECRET, RS256 with the private key)."""
+    import getpass
+
+    from api.auth import Role, issue_token, parse_ttl
+    from api.settings import ApiSettings
+
+    settings = ApiSettings.load()
+    configure_logging(settings.log_level)
+    try:
+        chosen = Role(role)
+    except ValueError as exc:
+        raise typer.BadParameter("must be viewer, operator or admin", param_hint="--role") from exc
+    try:
+        lifetime = parse_ttl(ttl)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--ttl") from exc
+    keys = settings.token_keys()
+    if keys.sign_key is None:
+        raise ConfigurationError(
+            "RS256 tokens are signed with the private key: set PACS_API_JWT_PRIVATE_KEY_FILE"
+        )
+    who = subject or getpass.getuser()
+    token = issue_token(keys, subject=who, role=chosen, ttl=lifetime)
+    logger.info("issued a %s token for %s, valid %s", chosen.value, who, ttl)
+    typer.echo(token)
+
+
 @app.command("check-connection")
 def check_connection_command(
     conformance: Annotated[

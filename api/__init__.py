@@ -1,0 +1,1 @@
+"""The management API (``pacs-sync api``) and the ``/pacs-sync`` dashboard."""
