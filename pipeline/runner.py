@@ -42,10 +42,13 @@ def serve_pipeline(
         extra.append(StageCommand("churn", argv))
     registry = CollectorRegistry()
     serve(registry, settings.supervisor_metrics_port)
-    supervisor = Supervisor(
-        settings, pipeline_stages(settings, extra=extra), SupervisorMetrics.create(registry)
-    )
     pid_file = pipeline_pid_file(settings)
+    supervisor = Supervisor(
+        settings,
+        pipeline_stages(settings, extra=extra),
+        SupervisorMetrics.create(registry),
+        pids_file=pid_file.with_suffix(".stages.json"),
+    )
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
     stop = threading.Event()
@@ -69,5 +72,6 @@ def serve_pipeline(
     try:
         supervisor.run_until(stop)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
+        for path in (pid_file, pid_file.with_suffix(".stages.json")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

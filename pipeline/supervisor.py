@@ -11,6 +11,7 @@ after the grace period.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -77,14 +78,16 @@ class Supervisor:
         metrics: SupervisorMetrics,
         *,
         log_dir: Path | None = None,
+        pids_file: Path | None = None,
     ) -> None:
-        """Prepare; nothing starts before :meth:`start`."""
+        """Prepare; nothing starts before :meth:`start`. ``pids_file`` gets {stage: pid} as JSON."""
         self.settings = settings
         self.metrics = metrics
         self.log_dir = (
             log_dir
             or settings.state_dir / "logs" / f"pipeline.{settings.db_name}.{settings.clean_topic_prefix}"
         )
+        self.pids_file = pids_file
         self._stages = {s.name: _Running(s) for s in stages}
         self._lock = threading.Lock()
 
@@ -112,9 +115,15 @@ class Supervisor:
         running.started_at = time.monotonic()
         running.restart_at = None
         self.metrics.stage_up.labels(command.name).set(1)
+        self._write_pids()
         logger.info(
             "started %s (pid %d), log %s", command.name, running.process.pid, self.log_file(command.name)
         )
+
+    def _write_pids(self) -> None:
+        if self.pids_file is not None:
+            self.pids_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pids_file.write_text(json.dumps(self.pids()))
 
     def check(self) -> list[str]:
         """Reap crashed stages and restart those whose backoff has passed; returns the names restarted."""
