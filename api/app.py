@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -499,6 +500,18 @@ def create_app(
     return app
 
 
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI document (no database, no configured keys needed: it depends on neither)."""
+    settings = ApiSettings.load(
+        api_jwt_secret=secrets.token_urlsafe(48),
+        api_jwt_public_key_file=None,
+        api_credentials_key=None,
+        api_credentials_key_file=None,
+    )
+    document: dict[str, Any] = create_app(settings, schedule=False).openapi()
+    return document
+
+
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -533,6 +546,13 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body FastAPI cannot even decode: a malformed request like any other
+            body = ErrorBody(
+                error="invalid_request",
+                code=ErrorCode.CONFIGURATION_INVALID.value,
+                message=f"body: {exc.detail}",
+            )
+            return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = ErrorBody(error=slug, message=str(exc.detail))
         return JSONResponse(

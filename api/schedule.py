@@ -42,11 +42,13 @@ class Scheduler:
         fire: Callable[[], Awaitable[None]],
         *,
         clock: Callable[[], datetime] = local_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """``fire`` starts the scheduled job (its errors are logged, never stop the schedule)."""
         self.expression = expression
         self._fire = fire
         self._clock = clock
+        self._sleep = sleep
         self._task: asyncio.Task[None] | None = None
         self.next_at: datetime | None = None
 
@@ -70,7 +72,7 @@ class Scheduler:
             wait = (self.next_at - self._clock()).total_seconds()
             if wait > 0:
                 # Short sleeps: a suspended machine or a changed clock is noticed within a minute.
-                await asyncio.sleep(min(wait, _MAX_SLEEP_S))
+                await self._sleep(min(wait, _MAX_SLEEP_S))
                 continue
             try:
                 await self._fire()

@@ -410,15 +410,15 @@ def api_command(
     ] = False,
 ) -> None:
     """Serve the management API (/api/v1/pacs-sync) and the /pacs-sync dashboard (HTTPS with a cert)."""
-    from api.app import create_app
+    from api.app import openapi_document
     from api.runner import serve_api
     from api.settings import ApiSettings
 
+    if openapi:
+        typer.echo(json.dumps(openapi_document(), indent=2, sort_keys=True))
+        return
     settings = ApiSettings.load()
     configure_logging(settings.log_level)
-    if openapi:
-        typer.echo(json.dumps(create_app(settings, schedule=False).openapi(), indent=2, sort_keys=True))
-        return
     serve_api(settings)
 
 

@@ -162,13 +162,16 @@
         live.id = `entity-${e.entity}-live`;
         live.dataset.value = String(e.rows.live);
         const progress = document.createElement("td");
-        const ratio = e.progress.job ? e.progress.job.ratio : e.progress.snapshot;
-        if (ratio !== null && ratio !== undefined && (e.progress.job || ratio < 1)) {
+        const job = e.progress.job;
+        const ratio = job ? job.ratio : e.progress.snapshot;
+        const known = ratio !== null && ratio !== undefined;
+        if (job || (known && ratio < 1)) {
           const bar = document.createElement("progress");
           bar.max = 1;
-          bar.value = ratio;
+          if (known) bar.value = ratio; // no value: an indeterminate bar while the job has not reported
           progress.appendChild(bar);
-          progress.append(` ${Math.round(ratio * 100)}%` + (e.progress.job ? ` (job ${e.progress.job.job_id})` : " snapshot"));
+          const share = known ? ` ${Math.round(ratio * 100)}%` : "";
+          progress.append(job ? `${share} job ${job.job_id} ${job.state}` : `${share} snapshot`);
         } else {
           progress.textContent = "–";
         }
@@ -250,7 +253,7 @@
     g.fillText(maxRate.toFixed(maxRate < 10 ? 1 : 0), pad.l - 6, pad.t + 8);
     g.fillText("0", pad.l - 6, pad.t + h);
     g.textAlign = "left";
-    g.fillText(`${maxLat.toFixed(maxLat < 10 ? 2 : 0)} s`, pad.l + w + 6, pad.t + 8);
+    g.fillText(lats.length ? `${maxLat.toFixed(maxLat < 10 ? 2 : 0)} s` : "no latency", pad.l + w + 6, pad.t + 8);
     g.fillText(`${Math.round(t1 - t0)} s`, pad.l, pad.t + h + 16);
     const line = (key, max, colour) => {
       g.strokeStyle = colour;

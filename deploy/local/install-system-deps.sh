@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those that are missing:
 # PostgreSQL server, Java 17+ and Maven (the Kafka broker runs from Maven-resolved jars),
-# unixODBC + FreeTDS (pyodbc's driver for a real SQL Server).
+# unixODBC + FreeTDS (pyodbc's driver for a real SQL Server), Chromium (the dashboard's browser test
+# drives Debian's build; Playwright never downloads one).
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 dpkg -s unixodbc >/dev/null 2>&1 || missing+=(unixodbc)
 dpkg -s tdsodbc >/dev/null 2>&1 || missing+=(tdsodbc)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "system packages: all present"
