@@ -201,10 +201,9 @@ def _after_verify(job: JobRecord, code: int, run: _Run) -> tuple[list[Step], str
         run.extra["verify"] = {"matched": True, "failing": []}
         return [], None
     failing = failing_entities("\n".join(run.output.stdout), job.entities)
-    if failing is None:
-        return [], (
-            f"{ErrorCode.SCHEMA_MISMATCH}: verify reported differences (exit 1) but its JSON report could "
-            "not be read; no entity was resynced"
+    if failing is None:  # verify itself failed (it exits 1 on an error too), or printed no report
+        return [], _pacs_error_in(run.output) or (
+            "verify exited 1 without a readable JSON report; no entity was resynced"
         )
     run.extra["verify"] = {"matched": False, "failing": failing}
     run.extra["resynced"] = failing
@@ -218,12 +217,16 @@ def _after_verify(job: JobRecord, code: int, run: _Run) -> tuple[list[Step], str
     return [resync_step(command, [entity]) for entity in failing], None
 
 
-def _error_from(output: _Output, step: Step, code: int) -> str:
+def _pacs_error_in(output: _Output) -> str | None:
     for line in reversed(output.tail):
         match = _PACS_ERROR.search(line)
         if match:
             return match.group(1)
-    return f"step '{step.name}' exited with code {code}"
+    return None
+
+
+def _error_from(output: _Output, step: Step, code: int) -> str:
+    return _pacs_error_in(output) or f"step '{step.name}' exited with code {code}"
 
 
 async def _run_step(

@@ -121,7 +121,7 @@ def failing_entities(report_text: str, verified: Sequence[str]) -> list[str] | N
     if start < 0:
         return None
     try:
-        report = json.loads(text[start:])
+        report, _ = json.JSONDecoder().raw_decode(text[start:])  # anything after the object is ignored
     except json.JSONDecodeError:
         return None
     if not isinstance(report, dict):

@@ -144,7 +144,8 @@
     const stages = $("stages");
     stages.replaceChildren(
       ...Object.entries(status.stages).map(([name, s]) => {
-        const b = badge(`${name} ${s.state}`, s.state);
+        const errorCount = Object.values(s.errors).reduce((a, b) => a + b, 0);
+        const b = badge(`${name} ${s.state}` + (errorCount ? ` · ${errorCount} errors` : ""), s.state);
         b.id = `stage-${name}`;
         b.title = s.error || Object.entries(s.errors).map(([c, n]) => `${c}: ${n}`).join(", ") || "no errors";
         return b;
@@ -253,7 +254,7 @@
     g.fillText(maxRate.toFixed(maxRate < 10 ? 1 : 0), pad.l - 6, pad.t + 8);
     g.fillText("0", pad.l - 6, pad.t + h);
     g.textAlign = "left";
-    g.fillText(lats.length ? `${maxLat.toFixed(maxLat < 10 ? 2 : 0)} s` : "no latency", pad.l + w + 6, pad.t + 8);
+    g.fillText(lats.length ? `${maxLat.toFixed(maxLat < 10 ? 2 : 0)} s` : "– s", pad.l + w + 6, pad.t + 8);
     g.fillText(`${Math.round(t1 - t0)} s`, pad.l, pad.t + h + 16);
     const line = (key, max, colour) => {
       g.strokeStyle = colour;

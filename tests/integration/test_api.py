@@ -625,7 +625,10 @@ async def test_scheduled_reconciliation_resyncs_the_failing_entities(
 async def test_reconciliation_with_an_unreadable_report_fails_without_resyncing(
     target_database: str, tmp_path: Path
 ) -> None:
-    verify = _script("import sys; print('not json'); sys.exit(1)")
+    verify = _script(
+        "import sys; print('not json'); "
+        "print('PACS-001: cannot reach PACS pacs:1433/PACS', file=sys.stderr); sys.exit(1)"
+    )
     settings = settings_for(
         target_database,
         tmp_path,
@@ -641,6 +644,7 @@ async def test_reconciliation_with_an_unreadable_report_fails_without_resyncing(
         jobs = (await client.get(f"{PREFIX}/sync/jobs", headers=headers)).json()["jobs"]
         job = await wait_for_job(client, headers, jobs[0]["job_id"])
     assert job["state"] == "failed"
+    assert job["error"] == "PACS-001: cannot reach PACS pacs:1433/PACS"
     assert [s["name"] for s in job["result"]["steps"]] == ["verify"]
 
 

@@ -115,6 +115,22 @@ def test_failing_entities_from_a_verify_report(report: dict[str, object]) -> Non
     assert failing_entities(json.dumps(report), ["properties", "owners"]) == ["owners"]
 
 
+def test_failing_entities_from_the_verify_command_s_own_shape() -> None:
+    report = {
+        "matched": False,
+        "exit_code": 1,
+        "dead_letters": {"count": 0},
+        "entities": {
+            "properties": {"matched": True, "source_count": 10, "target_count": 10},
+            "valuations": {"matched": False, "missing": {"count": 2, "keys": [4, 5]}},
+        },
+        "notes": [],
+    }
+    text = json.dumps(report, indent=2) + "\ntrailing words"
+    assert failing_entities(text, ["properties", "valuations"]) == ["valuations"]
+    assert failing_entities(text, ["properties"]) == []
+
+
 def test_unreadable_verify_reports() -> None:
     assert failing_entities("", []) is None
     assert failing_entities("no json here", []) is None
