@@ -11,11 +11,11 @@ BIN    := $(VENV)/bin
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
-demo: install  ## The main job on the embedded default: local stack + emulated PACS (Benton scale) + churn
+demo: install  ## The main job: local stack, emulated PACS (Benton), sync, then the live pipeline + dashboard
 	$(BIN)/pacs-sync stack up
 	$(BIN)/pacs-sync sim init --scale benton --keep-existing
-	$(BIN)/pacs-sync sim churn --rate 50 --duration 10
-	@$(BIN)/pacs-sync stack status
+	$(BIN)/pacs-sync sync --until-caught-up
+	$(BIN)/pacs-sync run --churn-rate 20 $(DEMO_ARGS)
 
 test: install  ## Every test: unit, then integration and e2e against the real local stack
 	$(BIN)/pacs-sync stack up

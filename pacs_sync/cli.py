@@ -247,6 +247,9 @@ def run_command(
         float,
         typer.Option("--churn-rate", min=0.0, help="Also apply a simulated workload (changes/s; 0: none)."),
     ] = 0.0,
+    api: Annotated[
+        bool, typer.Option("--api/--no-api", help="Also serve the management API and dashboard.")
+    ] = True,
 ) -> None:
     """Run producer, processor(s) and sink together, supervised: crashed stages restart; Ctrl-C stops all."""
     from pipeline.runner import serve_pipeline
@@ -255,7 +258,7 @@ def run_command(
     overrides = {"processor_workers": processors} if processors else {}
     settings = PipelineSettings.load(**overrides)
     configure_logging(settings.log_level)
-    serve_pipeline(settings, churn_rate=churn_rate, announce=typer.echo)
+    serve_pipeline(settings, churn_rate=churn_rate, with_api=api, announce=typer.echo)
 
 
 @app.command("sync")

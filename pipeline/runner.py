@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import getpass
 import os
+import secrets
 import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -18,8 +23,46 @@ from pipeline.supervisor import StageCommand, Supervisor, pipeline_stages
 from pipeline.sync import pipeline_pid_file, pipeline_running
 
 
+def local_api_env(settings: PipelineSettings) -> dict[str, str]:
+    """Token and credential keys for an API on this machine when none are configured.
+
+    Generated once into the state dir's secrets (mode 0600), like the local PostgreSQL password;
+    a configured ``PACS_API_JWT_*`` / ``PACS_API_CREDENTIALS_KEY*`` always wins.
+    """
+    secrets_dir = settings.state_dir / "secrets"
+    env: dict[str, str] = {}
+    if not (os.environ.get("PACS_API_JWT_SECRET") or os.environ.get("PACS_API_JWT_PUBLIC_KEY_FILE")):
+        env["PACS_API_JWT_SECRET"] = _secret_file(secrets_dir / "api-jwt.secret", secrets.token_urlsafe(48))
+    if not (os.environ.get("PACS_API_CREDENTIALS_KEY") or os.environ.get("PACS_API_CREDENTIALS_KEY_FILE")):
+        key_file = secrets_dir / "api-credentials.key"
+        _secret_file(key_file, base64.b64encode(secrets.token_bytes(32)).decode())
+        env["PACS_API_CREDENTIALS_KEY_FILE"] = str(key_file)
+    return env
+
+
+def _secret_file(path: Path, fresh: str) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(fresh)
+    return path.read_text().strip()
+
+
+def demo_token(jwt_secret: str, ttl: timedelta = timedelta(hours=12)) -> str:
+    """An admin token for the person running the local demo (the API listens on loopback only)."""
+    from api.auth import Role, TokenKeys, issue_token
+
+    keys = TokenKeys("HS256", jwt_secret, jwt_secret, audience="pacs-sync", issuer="pacs-sync")
+    return issue_token(keys, subject=getpass.getuser(), role=Role.ADMIN, ttl=ttl)
+
+
 def serve_pipeline(
-    settings: PipelineSettings, *, churn_rate: float = 0.0, announce: Callable[[str], None] = lambda _: None
+    settings: PipelineSettings,
+    *,
+    churn_rate: float = 0.0,
+    with_api: bool = True,
+    announce: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Run every stage until SIGINT/SIGTERM; one supervisor per state dir."""
     if pipeline_running(settings):
@@ -40,6 +83,10 @@ def serve_pipeline(
             "1e9",
         )
         extra.append(StageCommand("churn", argv))
+    api_env: dict[str, str] = {}
+    if with_api:
+        api_env = local_api_env(settings)
+        extra.append(StageCommand("api", (sys.executable, "-m", "pacs_sync", "api"), api_env))
     registry = CollectorRegistry()
     serve(registry, settings.supervisor_metrics_port)
     pid_file = pipeline_pid_file(settings)
@@ -68,6 +115,12 @@ def serve_pipeline(
     for name, port in ports.items():
         if port:
             announce(f"  metrics {name:<10} http://127.0.0.1:{port}/metrics")
+    if with_api:
+        scheme = "https" if os.environ.get("PACS_API_TLS_CERT_FILE") else "http"
+        api_port = os.environ.get("PACS_API_PORT", "8080")
+        announce(f"  dashboard        {scheme}://127.0.0.1:{api_port}/pacs-sync")
+        if "PACS_API_JWT_SECRET" in api_env:
+            announce(f"  admin token (12 h, this machine only): {demo_token(api_env['PACS_API_JWT_SECRET'])}")
     announce(f"  logs in {supervisor.log_dir}/; Ctrl-C stops every stage")
     try:
         supervisor.run_until(stop)

@@ -18,7 +18,7 @@ def test_run_restarts_a_killed_stage_and_stops_all_on_ctrl_c(pipeline: Pipeline)
     pipeline.cli("sim", "init", "--scale", "small")
     env = {**pipeline.env, "PACS_RESTART_BACKOFF_INITIAL_S": "0.5"}
     run = subprocess.Popen(
-        [sys.executable, "-m", "pacs_sync", "run", "--churn-rate", "20"],
+        [sys.executable, "-m", "pacs_sync", "run", "--churn-rate", "20", "--no-api"],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
