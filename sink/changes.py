@@ -7,9 +7,11 @@ to the newest record per key first; the position guard in SQL then decides again
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from pacs_sync.errors import ErrorCode
@@ -94,9 +96,18 @@ class DeadLetter:
         )
 
 
+@cache
+def _record_values(spec: EntitySpec) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """Reads ``spec.record_columns`` out of a record as a tuple in one C call (KeyError if one is missing).
+
+    Every spec has at least six record columns (key and sync columns), so the getter returns a tuple.
+    """
+    return itemgetter(*spec.record_columns)
+
+
 def to_row(spec: EntitySpec, record: Mapping[str, Any]) -> tuple[Any, ...]:
     """A decoded clean record as a table row (``spec.table_columns`` order)."""
-    values = tuple(record[c] for c in spec.record_columns)
+    values = _record_values(spec)(record)
     position = position_bytes(
         record["source_commit_lsn"], record["source_change_lsn"], record["source_serial"]
     )
