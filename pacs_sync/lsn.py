@@ -112,9 +112,20 @@ def position_bytes(commit_lsn: str, change_lsn: str | None, serial: int) -> byte
     the same order as :class:`SourcePosition`, so PostgreSQL can guard upserts with a plain
     ``bytea`` comparison.
     """
-    commit = Lsn.parse(commit_lsn).value
+    # Hot path of the sink (once per record): parse the hex text directly, no Lsn objects.
+    commit = _lsn_bytes(commit_lsn)
     if change_lsn is None:
         return commit + _AFTER_EVERY_CHANGE + b"\xff"
     if not 0 <= serial < 0xFF:
         raise ValueError(f"event serial out of range: {serial}")
-    return commit + Lsn.parse(change_lsn).value + bytes((serial,))
+    return commit + _lsn_bytes(change_lsn) + bytes((serial,))
+
+
+def _lsn_bytes(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        raw = b""
+    if len(raw) != LSN_SIZE:
+        raise ValueError(f"not an LSN: {text!r}")
+    return raw

@@ -62,6 +62,14 @@ def upsert(spec: EntitySpec, table: str | None = None) -> str:
     )
 
 
+def counted_upsert(spec: EntitySpec, table: str | None = None) -> str:
+    """:func:`upsert`, answering one row: (rows applied, of which delete markers)."""
+    return (
+        f"WITH applied AS ({upsert(spec, table)} RETURNING t.deleted) "
+        "SELECT count(*), count(*) FILTER (WHERE deleted) FROM applied"
+    )
+
+
 def truncate_stage(spec: EntitySpec) -> str:
     """Empty the staging table (between the bisection attempts of one transaction)."""
     return f"TRUNCATE {stage_table(spec)}"

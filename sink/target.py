@@ -182,11 +182,10 @@ class TargetDatabase:
                     await conn.execute(statements.entity_lock(spec))
                     await conn.execute(statements.create_stage_table(spec))
                     table = (tables or {}).get(entity, spec.table)
-                    flags, rejects = await self._write_rows(conn, spec, table, list(batch))
-                    deleted = sum(1 for f in flags if f)
+                    applied, deleted, rejects = await self._write_rows(conn, spec, table, list(batch))
                     result.deleted[entity] = deleted
-                    result.upserted[entity] = len(flags) - deleted
-                    result.stale[entity] = len(batch) - len(flags) - len(rejects)
+                    result.upserted[entity] = applied - deleted
+                    result.stale[entity] = len(batch) - applied - len(rejects)
                     result.rejected[entity] = len(rejects)
                     result.dead_letters.extend(rejects)
                 if next_offsets:
@@ -206,17 +205,27 @@ class TargetDatabase:
         return result
 
     async def _write_rows(
-        self, conn: asyncpg.Connection, spec: EntitySpec, table: str, batch: list[ConsumedRecord]
-    ) -> tuple[list[bool], list[DeadLetter]]:
-        """Stage and upsert ``batch``; on a row error, bisect under savepoints to isolate the culprits."""
+        self,
+        conn: asyncpg.Connection,
+        spec: EntitySpec,
+        table: str,
+        batch: list[ConsumedRecord],
+        *,
+        bisecting: bool = False,
+    ) -> tuple[int, int, list[DeadLetter]]:
+        """Stage and upsert ``batch``: (rows applied, of which delete markers, rejects).
+
+        On a row error, bisect under savepoints to isolate the culprits.
+        """
         try:
             async with conn.transaction():  # a savepoint: a failed attempt leaves nothing behind
                 await conn.copy_records_to_table(
                     statements.stage_table(spec), records=[r.row for r in batch], columns=spec.table_columns
                 )
-                rows = await conn.fetch(statements.upsert(spec, table) + " RETURNING t.deleted")
-                await conn.execute(statements.truncate_stage(spec))
-            return [bool(r[0]) for r in rows], []
+                applied, deleted = await conn.fetchrow(statements.counted_upsert(spec, table))
+                if bisecting:  # the next half is staged in the same transaction
+                    await conn.execute(statements.truncate_stage(spec))
+            return int(applied), int(deleted), []
         except _ROW_ERRORS as exc:
             if len(batch) == 1:
                 sqlstate = getattr(exc, "sqlstate", None)
@@ -229,11 +238,11 @@ class TargetDatabase:
                     sqlstate,
                     reject.message,
                 )
-                return [], [reject]
+                return 0, 0, [reject]
         middle = len(batch) // 2
-        left_flags, left_rejects = await self._write_rows(conn, spec, table, batch[:middle])
-        right_flags, right_rejects = await self._write_rows(conn, spec, table, batch[middle:])
-        return left_flags + right_flags, left_rejects + right_rejects
+        left = await self._write_rows(conn, spec, table, batch[:middle], bisecting=True)
+        right = await self._write_rows(conn, spec, table, batch[middle:], bisecting=True)
+        return left[0] + right[0], left[1] + right[1], left[2] + right[2]
 
     # -- admin ---------------------------------------------------------------------------------
 
