@@ -1,12 +1,56 @@
 """The Faust application: one agent per entity, validating and transforming change events.
 
-Delivery (at-least-once, effectively-once at the sink): each agent takes a batch of raw events,
-turns every event into a clean record or a dead letter (:mod:`stream_processors.handling`), produces
-them with an idempotent confluent-kafka producer and *flushes it before the batch ends*; Faust acks
-the batch's offsets only after the body returns, so nothing is acknowledged before its outputs are
-in Kafka. After a crash the unacknowledged events are processed again and their outputs are
-byte-identical (no wall-clock data in clean records) with the same source position, which the sink's
-position guard ignores.
+Delivery, at_least_once (``PACS_PROCESSING_GUARANTEE``, the default; effectively-once at the sink):
+each agent takes a batch of raw events, turns every event into a clean record or a dead letter
+(:mod:`stream_processors.handling`), produces them with an idempotent confluent-kafka producer and
+*flushes it before the batch ends*; Faust acks the batch's offsets only after the body returns, so
+nothing is acknowledged before its outputs are in Kafka. After a crash the unacknowledged events are
+processed again and their outputs are byte-identical (no wall-clock data in clean records; dead
+letters carry ``failed_at``) with the same source position, which the sink's position guard ignores.
+
+Isolation: Faust reads with read_committed only under exactly_once. Under at_least_once the worker
+reads read_uncommitted, so it may also process records of a producer transaction that was later
+aborted. The CDC producer re-publishes such a window after its restart with the same events and the
+same LSNs (it resumes after its last committed offset), so the only effect is a duplicate clean
+record with an identical source position, which the sink's position guard ignores. (Not so for the
+polling fallback, PACS_ENABLE_CDC=false: its positions are per-scan and a re-scan emits nothing for
+a row that changed back meanwhile, so an aborted scan's event could reach the sink.)
+
+exactly_once (``PACS_PROCESSING_GUARANTEE=exactly_once``): the agents send every output through
+Faust's own producer (``app.topic(...).send``) and Faust commits the input offsets inside Kafka
+transactions, reading with read_committed. What faust-streaming 0.15.3 actually does (its
+``TransactionManager.send``, checked with a probe on a live worker):
+
+* The transactional id of a send is taken from the *output* record (``<app id>-<group of the output
+  topic>-<output partition>``), never from the current event, so ``take_events`` batching puts no
+  send in a "wrong" transaction; processing event by event would change nothing (and measured
+  ~13 % slower), so both modes take batches.
+* Our clean and dead-letter topics are not subscribed by the app: the consumer's metadata has no
+  partitions for them, the id comes out ``None`` and the records go through Faust's plain
+  (idempotent) producer, outside every transaction. Faust also commits offsets without flushing
+  that producer, so the agent awaits its batch's deliveries before the batch is acked.
+* Records to subscribed topics (the owners' ``group_by`` re-partition topic, the ledger changelog)
+  join the transaction of *their* partition, while the input offset commits in the transaction of
+  the input partition; a transaction is committed only when its partition has offsets to commit.
+  Measured: an owner event whose re-keyed record lands in another partition stays invisible to the
+  read_committed worker while its input offset is committed, and is lost when that transaction
+  aborts (tests/integration/test_processor.py's ledger test fails under exactly_once).
+
+Choice, by measurement (tests/benchmarks/bench_processor.py, 50,000 PropertyValue events, 3 runs,
+uvloop, one worker; bench-results/processor.json and processor-exactly-once.json; medians):
+
+* at_least_once: 4,509 events/s (plain confluent loop 9,805/s: Faust/plain 0.46);
+* exactly_once: 2,394 events/s, 0.53 of at_least_once; no duplicates (50,000 outputs, 50,000 keys);
+* per worker CPU-second (less sensitive to the load): 5,615 vs 3,230 events (0.58).
+
+The runs shared the 2-core machine with other benchmarks (it was ~2 cores busy throughout), so the
+absolute figures are low (the previous run, asyncio loop, gave 5,324/s and 13,547/s); an interleaved
+re-run gave 4,062 vs 2,567 events/s (0.63; per CPU-second 5,625 vs 3,431) and 3,802/s for
+at_least_once on the asyncio loop (uvloop: +13 % per CPU-second). exactly_once costs 37-47 % of the
+throughput and in
+this Faust version does not make the outputs atomic with the input offsets (and loses re-keyed owner
+events), while at_least_once with byte-identical re-emissions is already effectively-once at the
+sink. So: at_least_once; exactly_once stays selectable for measurement only and warns at start-up.
 
 Owner events are re-keyed by PropertyID (Faust ``group_by``) so the owner-share ledger of a property
 (Faust table, changelog-backed, restored after a restart) sees every owner of that property.
@@ -14,10 +58,11 @@ Owner events are re-keyed by PropertyID (Faust ``group_by``) so the owner-share 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -138,6 +183,11 @@ def create_app(
     codec = codec or AvroCodec(SchemaRegistry.from_package())
     metrics = metrics or ProcessorMetrics.create(CollectorRegistry())
     as_of = date.fromisoformat(settings.validation_as_of) if settings.validation_as_of else None
+    # Faust keeps table state under datadir: inside the project's state dir, not the cwd. Faust
+    # creates datadir itself but not its parents: a worker started where the state dir does not
+    # exist yet (a fresh checkout, a container, the benchmark's scratch directory) would not start.
+    datadir = settings.state_dir.resolve() / "faust"
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.processor_app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -147,13 +197,22 @@ def create_app(
         topic_partitions=settings.output_partitions,
         web_enabled=False,
         producer_linger=0.005,
-        processing_guarantee="at_least_once",
-        # Faust keeps table state under datadir: inside the project's state dir, not the cwd.
-        datadir=str(settings.state_dir.resolve() / "faust"),
+        processing_guarantee=settings.processing_guarantee,
+        datadir=str(datadir),
     )
     if create_topics:
         _create_topics(settings)
-    output = output or OutputProducer(settings.kafka_bootstrap_servers)
+    exactly_once = settings.processing_guarantee == "exactly_once"
+    if exactly_once:
+        logger.warning(
+            "PACS_PROCESSING_GUARANTEE=exactly_once is for measurement only: with faust-streaming "
+            "0.15.3 the outputs are not in the transactions and re-keyed owner events can be lost "
+            "(stream_processors/app.py); use at_least_once"
+        )
+    # exactly_once sends through Faust's transactional producer: no confluent producer is needed.
+    transactional_send = _transactional_sender(app) if exactly_once else None
+    if output is None and not exactly_once:
+        output = OutputProducer(settings.kafka_bootstrap_servers)
     shares = app.Table(
         f"{settings.processor_app_id}-owner-shares",
         default=bytes,
@@ -187,6 +246,7 @@ def create_app(
                 record,
                 owner_shares=shares if owners else None,
                 regroup=property_key_of(codec) if owners else None,
+                transactional_send=transactional_send,
             )
         )
     return app
@@ -206,41 +266,94 @@ def _create_topics(settings: ProcessorSettings) -> None:
 def _agent(
     settings: ProcessorSettings,
     handler: EventHandler,
-    output: OutputProducer,
+    output: OutputProducer | None,
     record: Callable[[str, Outcome], None],
     *,
     owner_shares: Any = None,
     regroup: Callable[[bytes | None], bytes] | None = None,
+    transactional_send: Callable[[OutRecord], Awaitable[Any]] | None = None,
 ) -> Callable[[Any], Any]:
     """One entity's agent. With ``regroup`` and ``owner_shares`` (owners), events are re-keyed by
-    PropertyID and each property's ledger is loaded from, and saved back to, the Faust table."""
+    PropertyID and each property's ledger is loaded from, and saved back to, the Faust table.
 
-    async def process(stream: Any) -> None:  # a faust.Stream (its type stubs lack take_events)
+    Both modes take batches (``take_events``). Without ``transactional_send`` (at_least_once):
+    outputs through ``output``, flushed before the batch ends. With it (exactly_once): every output
+    through ``transactional_send`` (Faust's producer), the batch's deliveries awaited before it ends;
+    ``output`` is not used.
+    """
+
+    def handle(event: Any) -> Outcome:
+        message = event.message
+        property_key: bytes = message.key or b"?"
+        ledger = None
+        if owner_shares is not None and property_key.isdigit():
+            ledger = OwnerShareLedger()
+            stored = owner_shares[property_key]
+            ledger.load_state(int(property_key), json.loads(stored) if stored else None)
+        outcome = handler.handle(
+            message.key,
+            message.value,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            ledger=ledger,
+        )
+        if ledger is not None:
+            owner_shares[property_key] = json.dumps(ledger.to_state(int(property_key))).encode()
+        return outcome
+
+    def batches(stream: Any) -> Any:  # a faust.Stream (its type stubs lack take_events)
         if regroup is not None:
             stream = stream.group_by(
                 regroup, name=f"{settings.processor_app_id}-{handler.entity}-by-property"
             )
-        async for events in stream.take_events(settings.batch_max_events, within=settings.batch_within_s):
+        return stream.take_events(settings.batch_max_events, within=settings.batch_within_s)
+
+    if transactional_send is not None:
+        send = transactional_send
+
+        async def process_exactly_once(stream: Any) -> None:
+            async for events in batches(stream):
+                # Faust picks the transaction of a send from the *output* record, not from the
+                # current event (module docstring), so batching changes nothing about which
+                # transaction a record joins. Waiting for the batch's deliveries before it is acked
+                # covers what Faust does not: it commits offsets without flushing its producer.
+                pending = []
+                for event in events:
+                    outcome = handle(event)
+                    for out in outcome.records:
+                        pending.append(await send(out))
+                    record(handler.entity, outcome)
+                if pending:
+                    await asyncio.gather(*pending)
+
+        return process_exactly_once
+
+    if output is None:
+        raise ValueError("at_least_once needs an OutputProducer")
+    producer = output
+
+    async def process(stream: Any) -> None:
+        async for events in batches(stream):
             for event in events:
-                message = event.message
-                property_key: bytes = message.key or b"?"
-                ledger = None
-                if owner_shares is not None and property_key.isdigit():
-                    ledger = OwnerShareLedger()
-                    stored = owner_shares[property_key]
-                    ledger.load_state(int(property_key), json.loads(stored) if stored else None)
-                outcome = handler.handle(
-                    message.key,
-                    message.value,
-                    topic=message.topic,
-                    partition=message.partition,
-                    offset=message.offset,
-                    ledger=ledger,
-                )
-                if ledger is not None:
-                    owner_shares[property_key] = json.dumps(ledger.to_state(int(property_key))).encode()
-                output.send(outcome.records)
+                outcome = handle(event)
+                producer.send(outcome.records)
                 record(handler.entity, outcome)
-            output.flush()  # outputs are in Kafka before Faust acks this batch
+            producer.flush()  # outputs are in Kafka before Faust acks this batch
 
     return process
+
+
+def _transactional_sender(app: faust.App) -> Callable[[OutRecord], Awaitable[Any]]:
+    """Send an :class:`OutRecord` through Faust's producer (transactional under exactly_once)."""
+    topics: dict[str, Any] = {}
+
+    async def send(out: OutRecord) -> Any:
+        topic = topics.get(out.topic)
+        if topic is None:
+            topic = topics[out.topic] = app.topic(
+                out.topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            )
+        return await topic.send(key=out.key, value=out.value, headers=list(out.headers) or None)
+
+    return send

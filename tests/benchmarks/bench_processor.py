@@ -44,7 +44,10 @@ What it does, against the running local Kafka (nothing is started or stopped but
 
 Variants without code changes: ``--faust-env`` passes environment to the Faust workers only, e.g.
 ``PACS_BATCH_MAX_EVENTS=5000`` (take size), Faust's ``STREAM_BUFFER_MAXSIZE`` / ``BROKER_MAX_POLL_RECORDS``,
-or ``PYTHONPATH`` to a directory whose ``sitecustomize.py`` installs uvloop's event-loop policy.
+``PACS_PROCESSING_GUARANTEE=exactly_once`` (Faust's transactional mode) or ``PACS_EVENT_LOOP=asyncio``
+(the worker runs uvloop by default). The JSON records the worker's processing guarantee and event loop
+(``config.faust_processing_guarantee`` / ``config.faust_event_loop``, from ``--faust-env`` or the
+defaults of :class:`~stream_processors.settings.ProcessorSettings`).
 
 Child modes (used by the script itself): ``--plain-worker`` and ``--profile-worker STATS_PATH`` read
 the ``PACS_*`` settings from the environment like the worker does.
@@ -652,10 +655,12 @@ def profile_worker_main(stats_path: Path) -> int:
     from pacs_sync.logging import configure_logging
     from pacs_sync.metrics import ProcessorMetrics
     from stream_processors.app import create_app
+    from stream_processors.runner import install_event_loop
     from stream_processors.settings import ProcessorSettings
 
     settings = ProcessorSettings.load()
     configure_logging(settings.log_level)
+    install_event_loop(settings.event_loop)  # as serve_processor does
     app = create_app(settings, metrics=ProcessorMetrics.create(CollectorRegistry()))
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
     profiler = cProfile.Profile()
@@ -981,9 +986,19 @@ def summary(measurements: list[Measurement]) -> dict[str, Any]:
     }
 
 
+def faust_setting(faust_env: dict[str, str], name: str) -> str:
+    """A worker setting as the Faust workers see it: ``--faust-env PACS_<NAME>`` or its default."""
+    from stream_processors.settings import ProcessorSettings
+
+    override = faust_env.get(f"PACS_{name.upper()}")
+    if override is not None:
+        return override
+    return str(ProcessorSettings.model_fields[name].default)
+
+
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("faust-streaming", "aiokafka", "mode-streaming", "confluent-kafka", "fastavro"):
+    for name in ("faust-streaming", "aiokafka", "mode-streaming", "confluent-kafka", "fastavro", "uvloop"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -996,6 +1011,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"processor throughput: {data['config']['events']:,} PropertyValue events, "
         f"{data['machine']['cpu_count']} cores, Python {data['machine']['python']}",
+        f"Faust worker: {data['config']['faust_processing_guarantee']}, "
+        f"event loop {data['config']['faust_event_loop']}",
         "",
         f"{'kind':<16} {'run':>3} {'events/s':>10} {'proc s':>8} {'start s':>8} {'wall s':>8} "
         f"{'cpu':>5} {'box':>5} {'dup':>5} {'inner/s':>9} {'ok':>3}",
@@ -1155,6 +1172,8 @@ def main(argv: list[str] | None = None) -> int:
                 "input_compression": args.input_compression,
                 "mean_event_bytes": round(sum(len(k) + len(v) for k, v in events) / len(events), 1),
                 "faust_env": faust_env,
+                "faust_processing_guarantee": faust_setting(faust_env, "processing_guarantee"),
+                "faust_event_loop": faust_setting(faust_env, "event_loop"),
                 "plain_batch": PLAIN_BATCH,
                 "plain_within_s": PLAIN_WITHIN_S,
                 "kafka_bootstrap_servers": args.bootstrap,

@@ -7,6 +7,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import pytest
+from faust.topics import Topic
+from faust.types.tuples import FutureMessage
 from prometheus_client import CollectorRegistry
 
 from pacs_sync.metrics import ProcessorMetrics
@@ -112,3 +115,72 @@ def test_property_agent_emits_clean_records_and_dead_letters() -> None:
         )
         == 1
     )
+
+
+def _run_property_batch(settings: ProcessorSettings, output: CapturingOutput | None = None) -> None:
+    """Two valid events, one invalid and one undecodable through the properties agent, one batch."""
+    app = create_app(
+        settings,
+        codec=CODEC,
+        metrics=ProcessorMetrics.create(CollectorRegistry()),
+        output=output,  # type: ignore[arg-type]  # duck-typed stand-in for OutputProducer
+        create_topics=False,
+    )
+
+    async def run() -> None:
+        app.loop = asyncio.get_running_loop()
+        app.finalize()
+        app.flow_control.resume()
+        agent = app.agents[f"{settings.processor_app_id}-properties"]
+        async with agent.test_context() as test_agent:
+            for pid, zip_code in ((1, "99336-1234"), (2, "9933"), (3, "99336")):
+                key = CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": pid})
+                await test_agent.put(_event(pid, zip_code), key=key)
+            await test_agent.put(b"not avro at all", key=None)
+            await asyncio.sleep(0.3)  # let the batch's `within` expire
+
+    asyncio.run(run())
+
+
+def _comparable(record: OutRecord) -> tuple[Any, ...]:
+    """A record as bytes, but for the dead letter's ``failed_at`` (wall-clock, by design)."""
+    value: Any = record.value
+    if record.topic.endswith(".dlq"):
+        value = dict(CODEC.decode(record.value or b"").value)
+        value.pop("failed_at")
+    return (record.topic, record.key, value, record.headers)
+
+
+def test_exactly_once_agent_emits_the_same_records_through_faust(monkeypatch: pytest.MonkeyPatch) -> None:
+    """exactly_once sends every output through Faust's topic/producer path instead of the confluent
+    producer; what reaches the producer must be what at_least_once produces, in the same order."""
+    output = CapturingOutput()
+    _run_property_batch(
+        ProcessorSettings(processor_app_id="unit-alo", metrics_port=0, output_prefix="tf"), output
+    )
+
+    published: list[OutRecord] = []
+
+    async def publish_message(self: Topic, fut: FutureMessage, wait: bool = False) -> Any:
+        # Where Faust hands the serialized message to its (transactional) producer; no broker here.
+        message = fut.message
+        headers: Any = message.headers.items() if isinstance(message.headers, dict) else message.headers
+        published.append(OutRecord(self.get_topic_name(), message.key, message.value, tuple(headers or ())))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    monkeypatch.setattr(Topic, "publish_message", publish_message)
+    _run_property_batch(
+        ProcessorSettings(
+            processor_app_id="unit-eoo",
+            metrics_port=0,
+            output_prefix="tf",
+            processing_guarantee="exactly_once",
+        )
+    )
+
+    assert [r.topic for r in output.sent] == ["tf.properties", "tf.dlq", "tf.properties", "tf.dlq"]
+    assert [_comparable(r) for r in published] == [_comparable(r) for r in output.sent]
+    clean = [r for r in published if r.topic == "tf.properties"]
+    assert clean == [r for r in output.sent if r.topic == "tf.properties"]  # byte-identical
