@@ -9,6 +9,7 @@ then rebuilt so that it seeks again to the offsets PostgreSQL committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections import defaultdict
@@ -45,9 +46,11 @@ def dead_letter_topic(settings: SinkSettings) -> str:
     return f"{settings.clean_topic_prefix}.dlq"
 
 
-def decode_batch(
-    codec: AvroCodec, messages: list[Message], entity_of: Mapping[str, str]
-) -> tuple[dict[str, list[ConsumedRecord]], list[DeadLetter], dict[tuple[str, int], int]]:
+DecodedBatch = tuple[dict[str, list[ConsumedRecord]], list[DeadLetter], dict[tuple[str, int], int]]
+"""Records per entity (reduced by key), undecodable ones, next offset per partition."""
+
+
+def decode_batch(codec: AvroCodec, messages: list[Message], entity_of: Mapping[str, str]) -> DecodedBatch:
     """Messages → records per entity (reduced by key), undecodable ones, and the next offset per partition.
 
     Tombstones (value None) only advance the offset: deletes arrive as position-stamped markers.
@@ -146,7 +149,11 @@ class SinkRunner:
         backoff = 0.5
         idle_since = loop.time()
         consumer: CleanTopicConsumer | None = None
+        pending: asyncio.Task[BatchResult] | None = None
         try:
+            # Two batches in flight at most: while PostgreSQL writes batch N (a task on this loop), a
+            # worker thread fetches and decodes batch N+1. Writes stay strictly in order: N+1 is
+            # written only after N committed, so offsets in PostgreSQL only move forward.
             while not self._stop.is_set():
                 try:
                     if consumer is None:
@@ -154,17 +161,25 @@ class SinkRunner:
                     messages = await asyncio.to_thread(
                         consumer.poll_batch, self.settings.batch_size, self.settings.sink_batch_max_wait_s
                     )
-                    if not messages:
+                    decoded = (
+                        await asyncio.to_thread(decode_batch, self.codec, messages, self.entity_of)
+                        if messages
+                        else None
+                    )
+                    if pending is not None:
+                        task, pending = pending, None
+                        await task
+                        consumer.mark_committed(self._last_offsets)
+                        self._observe_lag(consumer)
+                        backoff = 0.5
+                    if decoded is None:
                         if until_idle_s is not None and loop.time() - idle_since >= until_idle_s:
                             return
                         self._observe_lag(consumer)
                         continue
                     idle_since = loop.time()
                     await self._purge_markers_when_due(loop.time())
-                    await self._write(messages)
-                    consumer.mark_committed(self._last_offsets)
-                    self._observe_lag(consumer)
-                    backoff = 0.5
+                    pending = asyncio.create_task(self._write(decoded, len(messages)))
                 except (PacsSyncError, KafkaException) as exc:
                     code = exc.code if isinstance(exc, PacsSyncError) else ErrorCode.KAFKA_DELIVERY_FAILED
                     self.metrics.errors.labels(code.value).inc()
@@ -173,18 +188,24 @@ class SinkRunner:
                     logger.warning(
                         "%s; retrying in %.1f s from the offsets PostgreSQL committed", exc, backoff
                     )
+                    if pending is not None:  # let the batch in flight commit or fail; PostgreSQL decides
+                        with contextlib.suppress(PacsSyncError, KafkaException):
+                            await pending
+                        pending = None
                     if consumer is not None:
                         await asyncio.to_thread(consumer.close)
                         consumer = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF_S)
         finally:
+            if pending is not None:  # stopping: finish the batch in flight
+                await pending
             if consumer is not None:
                 await asyncio.to_thread(consumer.close)
 
-    async def _write(self, messages: list[Message]) -> BatchResult:
+    async def _write(self, decoded: DecodedBatch, consumed: int) -> BatchResult:
         started = asyncio.get_running_loop().time()
-        records, undecodable, next_offsets = decode_batch(self.codec, messages, self.entity_of)
+        records, undecodable, next_offsets = decoded
 
         async def dead_letter(letters: list[DeadLetter]) -> None:
             await asyncio.to_thread(self.dead_letters.send, letters)
@@ -197,9 +218,9 @@ class SinkRunner:
         )
         committed_at = datetime.now(tz=UTC)
         self._last_offsets = next_offsets
-        self.records_written += len(messages)
+        self.records_written += consumed
         m = self.metrics
-        m.batch_rows.observe(len(messages))
+        m.batch_rows.observe(consumed)
         m.batch_duration.observe(asyncio.get_running_loop().time() - started)
         for entity, count in result.upserted.items():
             m.rows.labels(entity, "upsert").inc(count)
