@@ -8,38 +8,27 @@ are translated here: an unreachable server → PACS-001, credentials → PACS-00
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any
 
 import asyncpg
 
-from pacs_sync.db_errors import translate_db_error
-from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError, RetriableError
+from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError
+from pacs_sync.pg_async import apply_migrations, open_pool, server_name, translate_async_error
 from sink.tables import ENTITIES, SYNC_SCHEMA
 
 logger = logging.getLogger(__name__)
 
 API_SCHEMA = "pacs_sync_api"
-_MIGRATIONS_TABLE = f"{API_SCHEMA}.schema_migrations"
 _MIGRATION_LOCK = 7340033  # the sink migrates under 7340032
 _ACTIVE_INDEX = "jobs_one_active_idx"
 ACTIVE_STATES = ("queued", "running")
 END_STATES = ("succeeded", "failed", "cancelled")
 
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.CannotConnectNowError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 _JOB_COLUMNS = (
     "job_id, kind, entities, state, trigger, requested_by, requested_role, plan, progress, result, "
@@ -147,23 +136,8 @@ class ApiStore:
         cls, parts: Mapping[str, Any], *, pool_size: int = 4, timeout: float = 10.0
     ) -> ApiStore:
         """Open a pool (``PacsSettings.target_parts``); PACS-001/002 when it cannot."""
-        server = f"PostgreSQL {parts['host']}:{parts['port']}/{parts['database']}"
-        try:
-            pool = await asyncpg.create_pool(
-                host=parts["host"],
-                port=parts["port"],
-                user=parts["user"],
-                password=parts["password"],
-                database=parts["database"],
-                min_size=1,
-                max_size=pool_size,
-                timeout=timeout,
-                command_timeout=60,
-                server_settings={"application_name": "pacs-sync-api"},
-            )
-        except Exception as exc:
-            raise _translate(exc, server) from exc
-        return cls(pool, server)
+        pool = await open_pool(parts, application_name="pacs-sync-api", pool_size=pool_size, timeout=timeout)
+        return cls(pool, server_name(parts))
 
     async def close(self) -> None:
         """Close the pool."""
@@ -175,44 +149,9 @@ class ApiStore:
 
     async def migrate(self) -> list[str]:
         """Apply the API's migrations not yet applied; a changed shipped migration is refused."""
-        applied: list[str] = []
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {API_SCHEMA}")
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {_MIGRATIONS_TABLE} (version integer PRIMARY KEY, "
-                    "name text NOT NULL, sha256 text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                done = {
-                    r["version"]: r["sha256"]
-                    for r in await conn.fetch(f"SELECT version, sha256 FROM {_MIGRATIONS_TABLE}")
-                }
-                for version, name, text in migration_files():
-                    digest = hashlib.sha256(text.encode()).hexdigest()
-                    if version in done:
-                        if done[version] != digest:
-                            raise FatalError(
-                                f"API migration {name} was applied with different text; a shipped "
-                                "migration must never change (add a new one instead)",
-                                code=ErrorCode.SCHEMA_MISMATCH,
-                            )
-                        continue
-                    await conn.execute(text)
-                    await conn.execute(
-                        f"INSERT INTO {_MIGRATIONS_TABLE} (version, name, sha256) VALUES ($1, $2, $3)",
-                        version,
-                        name,
-                        digest,
-                    )
-                    applied.append(name)
-        except PacsSyncError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, self.server) from exc
-        if applied:
-            logger.info("API schema: applied %s", ", ".join(applied))
-        return applied
+        return await apply_migrations(
+            self.pool, "api", schema=API_SCHEMA, lock_id=_MIGRATION_LOCK, server=self.server
+        )
 
     async def ping(self) -> None:
         """One round trip (health)."""
@@ -477,31 +416,5 @@ class ApiStore:
             raise _translate(exc, self.server) from exc
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every shipped API migration, in version order."""
-    folder = resources.files("api") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
 def _translate(exc: BaseException, server: str) -> PacsSyncError:
-    if isinstance(exc, PacsSyncError):
-        return exc
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return RetriableError(
-            f"lost or cannot open a connection to {server}: {exc}",
-            code=ErrorCode.CONNECTION_UNAVAILABLE,
-            server=server,
-        )
-    translated = translate_db_error(exc, server=server)
-    if translated.retriable or translated.code is ErrorCode.AUTHENTICATION_FAILED:
-        return translated
-    return FatalError(
-        f"{server} failed: {exc}",
-        code=ErrorCode.DATABASE_ERROR,
-        sqlstate=getattr(exc, "sqlstate", None),
-        server=server,
-    )
+    return translate_async_error(exc, server)

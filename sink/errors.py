@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pacs_sync.errors import ErrorCode, FatalError, PoisonMessageError, RetriableError
+from pacs_sync.errors import ErrorCode, PoisonMessageError, RetriableError
 
 
 class RowRejectedError(PoisonMessageError):
@@ -15,12 +15,6 @@ class TargetUnavailableError(RetriableError):
     """The target database cannot be reached or dropped the connection (PACS-001); retried."""
 
     code = ErrorCode.CONNECTION_UNAVAILABLE
-
-
-class MigrationError(FatalError):
-    """The target schema could not be brought to the version this sink expects (PACS-013)."""
-
-    code = ErrorCode.DATABASE_ERROR
 
 
 class DeadLetterDeliveryError(RetriableError):

@@ -7,20 +7,18 @@ carried back to the caller (dead-lettered), anything else a fatal PACS-013.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import asyncpg
 
-from pacs_sync.db_errors import translate_db_error
-from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError
+from pacs_sync.errors import ErrorCode, PacsSyncError
+from pacs_sync.pg_async import apply_migrations, open_pool, server_message, server_name, translate_async_error
 from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter
-from sink.errors import MigrationError, TargetUnavailableError
+from sink.errors import TargetUnavailableError
 from sink.tables import ENTITIES, SYNC_SCHEMA, EntitySpec
 
 logger = logging.getLogger(__name__)
@@ -30,15 +28,6 @@ logger = logging.getLogger(__name__)
 _ROW_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
-)
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
 )
 
 TablePosition = tuple[str, int]
@@ -72,24 +61,15 @@ class TargetDatabase:
     async def connect(
         cls, parts: Mapping[str, Any], *, pool_size: int = 2, timeout: float = 10.0
     ) -> TargetDatabase:
-        """Open a pool to the target (``PacsSettings.target_parts()``); PACS-001/002 when it cannot."""
-        server = f"PostgreSQL {parts['host']}:{parts['port']}/{parts['database']}"
-        try:
-            pool = await asyncpg.create_pool(
-                host=parts["host"],
-                port=parts["port"],
-                user=parts["user"],
-                password=parts["password"],
-                database=parts["database"],
-                min_size=1,
-                max_size=pool_size,
-                timeout=timeout,
-                command_timeout=300,
-                server_settings={"application_name": "pacs-sync-sink"},
-            )
-        except Exception as exc:
-            raise _translate(exc, server) from exc
-        return cls(pool, server)
+        """Open a pool to the target (``PacsSettings.target_parts``); PACS-001/002 when it cannot."""
+        pool = await open_pool(
+            parts,
+            application_name="pacs-sync-sink",
+            pool_size=pool_size,
+            timeout=timeout,
+            command_timeout=300,
+        )
+        return cls(pool, server_name(parts))
 
     async def close(self) -> None:
         """Close every connection (waits for none: a batch in flight is rolled back by the server)."""
@@ -102,35 +82,16 @@ class TargetDatabase:
 
         Returns the names applied now. A migration already applied whose text changed is refused.
         """
-        applied_now: list[str] = []
+        applied = await apply_migrations(
+            self._pool, "sink", schema=SYNC_SCHEMA, lock_id=7340032, server=self.server
+        )
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(7340032)")
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SYNC_SCHEMA}")
-                await conn.execute(statements.create_migrations_table())
-                done = {r["version"]: r["sha256"] for r in await conn.fetch(statements.applied_migrations())}
-                for version, name, text in migration_files():
-                    digest = hashlib.sha256(text.encode()).hexdigest()
-                    if version in done:
-                        if done[version] != digest:
-                            raise MigrationError(
-                                f"migration {name} was applied with different text; a shipped migration "
-                                "must never change (add a new one instead)",
-                                migration=name,
-                            )
-                        continue
-                    await conn.execute(text)
-                    await conn.execute(statements.record_migration(), version, name, digest)
-                    applied_now.append(name)
+            async with self._pool.acquire() as conn:
                 for spec in ENTITIES.values():
                     await conn.execute(statements.public_view(spec))
-        except PacsSyncError:
-            raise
         except Exception as exc:
             raise _translate(exc, self.server) from exc
-        if applied_now:
-            logger.info("target schema: applied %s", ", ".join(applied_now))
-        return applied_now
+        return applied
 
     # -- offsets -------------------------------------------------------------------------------
 
@@ -229,7 +190,7 @@ class TargetDatabase:
         except _ROW_ERRORS as exc:
             if len(batch) == 1:
                 sqlstate = getattr(exc, "sqlstate", None)
-                reject = DeadLetter.rejected(batch[0], sqlstate, _server_message(exc))
+                reject = DeadLetter.rejected(batch[0], sqlstate, server_message(exc))
                 logger.warning(
                     "%s: %s %s rejected by PostgreSQL (%s): %s",
                     ErrorCode.TARGET_WRITE_REJECTED,
@@ -265,34 +226,8 @@ class TargetDatabase:
         return self._pool.acquire()
 
 
-def migration_files() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every shipped migration, in version order."""
-    folder = resources.files("sink") / "migrations"
-    found = []
-    for entry in folder.iterdir():
-        name = entry.name
-        if name.endswith(".sql"):
-            found.append((int(name.split("_", 1)[0]), name, entry.read_text(encoding="utf-8")))
-    return sorted(found)
-
-
-def _server_message(exc: BaseException) -> str:
-    detail = getattr(exc, "detail", None)
-    message = str(exc)
-    return f"{message} ({detail})" if detail else message
-
-
 def _translate(exc: BaseException, server: str) -> PacsSyncError:
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return TargetUnavailableError(f"lost or cannot open a connection to {server}: {exc}", server=server)
-    translated = translate_db_error(exc, server=server)
-    if translated.retriable:
-        return translated
-    if translated.code is ErrorCode.AUTHENTICATION_FAILED:
-        return translated
-    return FatalError(
-        f"{server} failed: {_server_message(exc)}",
-        code=ErrorCode.DATABASE_ERROR,
-        sqlstate=getattr(exc, "sqlstate", None),
-        server=server,
-    )
+    translated = translate_async_error(exc, server)
+    if translated.code is ErrorCode.CONNECTION_UNAVAILABLE and translated.retriable:
+        return TargetUnavailableError(translated.message, server=server)
+    return translated
