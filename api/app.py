@@ -38,7 +38,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from api import crypto
 from api.auth import PERMISSIONS, AuthError, Principal, Role, TokenKeys, verify_token
 from api.jobs import JobKind, JobLauncher, SubprocessLauncher, job_environment, normalise_entities, plan_job
-from api.metrics import ApiMetrics
 from api.models import (
     AuditEntry,
     AuditList,
@@ -63,6 +62,7 @@ from api.settings import ApiSettings
 from api.status import Scrape, build_status, scrape_stages
 from api.store import ApiStore, JobConflictError, JobRecord
 from pacs_sync.errors import ErrorCode, PacsSyncError
+from pacs_sync.metrics import ApiMetrics
 from sink.tables import ENTITIES
 
 logger = logging.getLogger(__name__)

@@ -23,6 +23,12 @@ class Label(StrEnum):
     OUTCOME = "outcome"
     RULE = "rule"
     STAGE = "stage"
+    ROUTE = "route"
+    METHOD = "method"
+    STATUS = "status"
+    KIND = "kind"
+    TRIGGER = "trigger"
+    STATE = "state"
 
 
 # End-to-end latencies bracket seconds to minutes (the seed's target was "under 15 minutes").
@@ -231,6 +237,62 @@ _SAMPLE_SUFFIXES: dict[str, tuple[str, ...]] = {
 }
 
 
+_REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class ApiMetrics:
+    """The management API's metrics: requests, jobs and the target's rows as the API sees them."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    request_duration: Histogram
+    jobs_started: Counter
+    jobs: Gauge
+    entity_rows: Gauge
+    stage_up: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> ApiMetrics:
+        """Register the API's metrics in ``registry`` (default: a fresh one)."""
+        registry = registry or CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "pacs_sync_api_requests",
+                "API requests by route template, method and status",
+                [Label.ROUTE, Label.METHOD, Label.STATUS],
+                registry=registry,
+            ),
+            request_duration=Histogram(
+                "pacs_sync_api_request_duration_seconds",
+                "API request duration by route template",
+                [Label.ROUTE],
+                buckets=_REQUEST_BUCKETS,
+                registry=registry,
+            ),
+            jobs_started=Counter(
+                "pacs_sync_api_jobs_started",
+                "Sync jobs started, by kind and trigger",
+                [Label.KIND, Label.TRIGGER],
+                registry=registry,
+            ),
+            jobs=Gauge("pacs_sync_api_jobs", "Recorded sync jobs by state", [Label.STATE], registry=registry),
+            entity_rows=Gauge(
+                "pacs_sync_api_entity_rows",
+                "Rows in the target per entity (live, deleted markers)",
+                [Label.ENTITY, Label.STATE],
+                registry=registry,
+            ),
+            stage_up=Gauge(
+                "pacs_sync_api_stage_up",
+                "1 when the stage's metrics endpoint answered the API's last scrape",
+                [Label.STAGE],
+                registry=registry,
+            ),
+        )
+
+
 def exported_metric_names() -> set[str]:
     """Every sample name the pipeline's processes can export: the names dashboards and alerts may use.
 
@@ -240,7 +302,7 @@ def exported_metric_names() -> set[str]:
     ``_created``.
     """
     registry = CollectorRegistry()
-    for metrics in (ProducerMetrics, ProcessorMetrics, SinkMetrics, SupervisorMetrics):
+    for metrics in (ProducerMetrics, ProcessorMetrics, SinkMetrics, SupervisorMetrics, ApiMetrics):
         metrics.create(registry)
     names: set[str] = set()
     for family in registry.collect():
