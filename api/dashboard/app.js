@@ -162,6 +162,9 @@
         const live = cell(num(e.rows.live), "num");
         live.id = `entity-${e.entity}-live`;
         live.dataset.value = String(e.rows.live);
+        const written = cell(num(e.written), "num");
+        written.id = `entity-${e.entity}-written`;
+        written.dataset.value = String(e.written ?? 0);
         const progress = document.createElement("td");
         const job = e.progress.job;
         const ratio = job ? job.ratio : e.progress.snapshot;
@@ -178,7 +181,7 @@
         }
         tr.append(
           cell(e.entity), state, live, cell(num(e.rows.deleted), "num"), cell(num(e.events), "num"),
-          cell(num(e.written), "num"), cell(num(e.invalid), "num"), cell(num(e.dlq), "num"),
+          written, cell(num(e.invalid), "num"), cell(num(e.dlq), "num"),
           cell(num(e.lag), "num"), cell(`${seconds(e.latency.mean_s)} / ${seconds(e.latency.p95_s)}`),
           cell(e.last_position), cell(when(e.last_synced_at)), progress,
         );
