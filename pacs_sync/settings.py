@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import annotated_types
 from croniter import croniter
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pacs_sync.errors import ConfigurationError
@@ -29,6 +29,10 @@ MASK = "********"
 LOCAL_POSTGRES_PORT = 55432
 """Port of the local stack's PostgreSQL; not 5432, so it never collides with a system cluster."""
 LOCAL_KAFKA_PORT = 9092
+
+
+_NAME = r"^[A-Za-z0-9._-]+$"
+"""Allowed in topic, group and application names."""
 
 
 class PacsSettings(BaseSettings):
@@ -70,6 +74,21 @@ class PacsSettings(BaseSettings):
         f"postgresql://terrafusion:terrafusion_local@127.0.0.1:{LOCAL_POSTGRES_PORT}/terrafusion"
     )
     """TerraFusion PostgreSQL DSN (postgresql://user:password@host:port/database)."""
+
+    # --- topics and consumer groups: named once, every stage derives its names from these ---
+    topic_prefix: str = Field(default="pacs", pattern=_NAME)
+    """The producer's change topics are <prefix>.<database>.<schema>.<table>."""
+    clean_topic_prefix: str = Field(
+        default="terrafusion",
+        pattern=_NAME,
+        validation_alias=AliasChoices("PACS_CLEAN_TOPIC_PREFIX", "PACS_OUTPUT_PREFIX", "clean_topic_prefix"),
+    )
+    """Clean topics are <prefix>.<entity>; rejects of the processors and the sink go to <prefix>.dlq.
+    (PACS_OUTPUT_PREFIX, its earlier name, is still read.)"""
+    processor_app_id: str = Field(default="pacs-sync-processors", pattern=_NAME)
+    """Faust application id = the processors' consumer group; workers with the same id share partitions."""
+    sink_group_id: str = Field(default="pacs-sync-sink", pattern=_NAME)
+    """The sink's consumer group, and its key in pacs_sync.sync_offsets."""
 
     # --- local process state ---
     state_dir: Path = Path(".pacs-sync")

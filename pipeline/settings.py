@@ -25,11 +25,3 @@ class PipelineSettings(PacsSettings):
     """A stage that ran this long is healthy again: its next crash restarts after the initial wait."""
     stop_grace_s: float = Field(default=30.0, gt=0, le=600)
     """Time each stage gets to finish its batch after SIGTERM before SIGKILL."""
-    topic_prefix: str = Field(default="pacs", pattern=r"^[A-Za-z0-9._-]+$")
-    """The producer's change-topic prefix (<prefix>.<database>.<schema>.<table>)."""
-    clean_topic_prefix: str = Field(default="terrafusion", pattern=r"^[A-Za-z0-9._-]+$")
-    """The processors' clean-topic prefix (<prefix>.<entity>, rejects in <prefix>.dlq)."""
-    processor_app_id: str = Field(default="pacs-sync-processors", pattern=r"^[A-Za-z0-9._-]+$")
-    """The processors' consumer group."""
-    sink_group_id: str = Field(default="pacs-sync-sink", pattern=r"^[A-Za-z0-9._-]+$")
-    """The sink's consumer group (its key in pacs_sync.sync_offsets)."""

@@ -42,8 +42,6 @@ class ProducerSettings(PacsSettings):
     column_mapping_file: Path | None = None
     """JSON file mapping event field names to this installation's PACS column names, per table."""
 
-    topic_prefix: str = Field(default="pacs", pattern=r"^[A-Za-z0-9._-]+$")
-    """Topic names are <prefix>.<database>.<schema>.<table>."""
     topic_partitions: int = Field(default=3, ge=1, le=256)
     """Partitions of each change topic created by the producer."""
     snapshot_mode: SnapshotMode = SnapshotMode.INITIAL

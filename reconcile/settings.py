@@ -15,8 +15,6 @@ class ReconcileSettings(ProducerSettings):
     topic both the processors and the sink write their rejects to.
     """
 
-    clean_topic_prefix: str = Field(default="terrafusion", pattern=r"^[A-Za-z0-9._-]+$")
-    """Clean topics are <prefix>.<entity>; the dead letters are read from <prefix>.dlq (as the sink's)."""
     entities: tuple[str, ...] = ("properties", "owners", "valuations", "structures")
     """Entities verified when ``--entity`` is not given (PACS_ENTITIES='["properties","owners"]')."""
     verify_chunk_rows: int = Field(default=10_000, ge=10, le=200_000)

@@ -12,12 +12,8 @@ from pacs_sync.settings import PacsSettings
 class SinkSettings(PacsSettings):
     """Where clean records come from, how they are batched, and where rejects go."""
 
-    clean_topic_prefix: str = Field(default="terrafusion", pattern=r"^[A-Za-z0-9._-]+$")
-    """Clean topics are <prefix>.<entity> (the processors' output prefix); rejects go to <prefix>.dlq."""
     entities: tuple[str, ...] = ("properties", "owners", "valuations", "structures")
     """Entities this sink writes (PACS_ENTITIES='["properties","owners"]')."""
-    sink_group_id: str = Field(default="pacs-sync-sink", pattern=r"^[A-Za-z0-9._-]+$")
-    """Kafka consumer group of the sink, and its key in pacs_sync.sync_offsets."""
     sink_instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-sink", min_length=1)
     """Kafka static group membership id: a restarted sink takes its partitions back at once instead of
     waiting for the session timeout. Give each sink of a group its own (two on one host need two)."""

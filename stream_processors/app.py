@@ -87,12 +87,12 @@ def input_topic(settings: ProcessorSettings, table: str) -> str:
 
 def output_topic(settings: ProcessorSettings, entity: str) -> str:
     """The clean, log-compacted topic of an entity."""
-    return f"{settings.output_prefix}.{entity}"
+    return f"{settings.clean_topic_prefix}.{entity}"
 
 
 def dead_letter_topic(settings: ProcessorSettings) -> str:
     """Where rejected events go."""
-    return f"{settings.output_prefix}.dlq"
+    return f"{settings.clean_topic_prefix}.dlq"
 
 
 class OutputProducer:

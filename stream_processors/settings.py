@@ -12,16 +12,10 @@ from pacs_sync.settings import PacsSettings
 class ProcessorSettings(PacsSettings):
     """Where the change events come from and where clean events and rejects go."""
 
-    topic_prefix: str = Field(default="pacs", pattern=r"^[A-Za-z0-9._-]+$")
-    """Prefix of the producer's change topics (<prefix>.<database>.<schema>.<table>)."""
     db_schema: str = "dbo"
     """Schema of the PACS tables (part of the change topic names)."""
-    output_prefix: str = Field(default="terrafusion", pattern=r"^[A-Za-z0-9._-]+$")
-    """Clean topics are <output_prefix>.<entity>; rejects go to <output_prefix>.dlq."""
     output_partitions: int = Field(default=3, ge=1, le=256)
     """Partitions of the clean topics (created, log-compacted, if missing)."""
-    processor_app_id: str = Field(default="pacs-sync-processors", pattern=r"^[A-Za-z0-9._-]+$")
-    """Faust application id = Kafka consumer group; workers with the same id share the partitions."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     """at_least_once (the default, chosen by measurement; see :mod:`stream_processors.app`):
     re-emitted records are byte-identical with the same source position (the sink's position guard

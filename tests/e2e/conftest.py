@@ -68,7 +68,6 @@ def pipeline() -> Iterator[Pipeline]:
         **os.environ,
         "PACS_DB_NAME": db_name,
         "PACS_TARGET_DSN": target_dsn,
-        "PACS_OUTPUT_PREFIX": prefix,
         "PACS_CLEAN_TOPIC_PREFIX": prefix,
         "PACS_PROCESSOR_APP_ID": f"{prefix}-processors",
         "PACS_SINK_GROUP_ID": f"{prefix}-sink",

@@ -173,7 +173,7 @@ def rig(kafka_bootstrap: str, unique_name: str) -> ProcessorRig:
         "PACS_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
         "PACS_TOPIC_PREFIX": prefix,
         "PACS_DB_NAME": "pacs",
-        "PACS_OUTPUT_PREFIX": f"{prefix}tf",
+        "PACS_CLEAN_TOPIC_PREFIX": f"{prefix}tf",
         "PACS_PROCESSOR_APP_ID": f"{prefix}-app",
         "PACS_OUTPUT_PARTITIONS": "2",
         "PACS_METRICS_PORT": "0",

@@ -71,7 +71,7 @@ def _event(pid: int, zip_code: str) -> bytes:
 
 
 def test_property_agent_emits_clean_records_and_dead_letters() -> None:
-    settings = ProcessorSettings(processor_app_id="unit-test-app", metrics_port=0, output_prefix="tf")
+    settings = ProcessorSettings(processor_app_id="unit-test-app", metrics_port=0, clean_topic_prefix="tf")
     output = CapturingOutput()
     registry = CollectorRegistry()
     app = create_app(
@@ -156,7 +156,7 @@ def test_exactly_once_agent_emits_the_same_records_through_faust(monkeypatch: py
     producer; what reaches the producer must be what at_least_once produces, in the same order."""
     output = CapturingOutput()
     _run_property_batch(
-        ProcessorSettings(processor_app_id="unit-alo", metrics_port=0, output_prefix="tf"), output
+        ProcessorSettings(processor_app_id="unit-alo", metrics_port=0, clean_topic_prefix="tf"), output
     )
 
     published: list[OutRecord] = []
@@ -175,7 +175,7 @@ def test_exactly_once_agent_emits_the_same_records_through_faust(monkeypatch: py
         ProcessorSettings(
             processor_app_id="unit-eoo",
             metrics_port=0,
-            output_prefix="tf",
+            clean_topic_prefix="tf",
             processing_guarantee="exactly_once",
         )
     )
