@@ -590,9 +590,10 @@ class TimedSinkRunner(SinkRunner):
         self.run_started = time.perf_counter()
         await super().run(until_idle_s=until_idle_s)
 
-    async def _write(self, messages: list[Any]) -> Any:
+    async def _write(self, decoded: Any, consumed: int) -> Any:
+        # Decoding now happens in the runner's worker thread, overlapped with the previous write.
         try:
-            return await super()._write(messages)
+            return await super()._write(decoded, consumed)
         finally:
             batch = self.recorder.current
             if batch is not None:
