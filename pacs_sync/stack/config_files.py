@@ -26,6 +26,7 @@ def render_server_properties(*, port: int, controller_port: int, log_dir: Path) 
         "log.dirs": str(log_dir),
         # One node: every internal topic has one replica, or init_transactions() hangs.
         "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "10",  # one node: 50 partitions only slow the first group down
         "transaction.state.log.replication.factor": "1",
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",

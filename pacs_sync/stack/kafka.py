@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from pacs_sync.errors import LocalStackError
@@ -170,7 +171,34 @@ class KafkaServer:
                 f"tail of {self.server_log}:\n{processes.tail(self.server_log)}\n"
                 f"tail of {self.stdout_log}:\n{processes.tail(self.stdout_log)}"
             )
+        self.wait_for_group_coordinator(timeout_s=self.settings.stack_start_timeout_s)
         return True
+
+    def wait_for_group_coordinator(self, timeout_s: float) -> None:
+        """Commit an offset for a throwaway group until the broker accepts it.
+
+        A fresh broker creates its offsets topic on the first consumer group's request; clients that
+        join during those seconds see "coordinator not available" and some (Faust's re-keying agents)
+        do not recover cleanly. ``up`` returns only once groups work.
+        """
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        from pacs_sync.kafka_topics import TopicSpec, ensure_topics
+
+        ensure_topics(self.address, [TopicSpec(_READY_TOPIC, 1)])
+        consumer = Consumer({"bootstrap.servers": self.address, "group.id": _READY_GROUP, "log_level": 0})
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    consumer.commit(offsets=[TopicPartition(_READY_TOPIC, 0, 0)], asynchronous=False)
+                    return
+                except KafkaException as exc:
+                    if time.monotonic() > deadline:
+                        raise LocalStackError(f"Kafka's group coordinator did not come up: {exc}") from exc
+                    time.sleep(0.5)
+        finally:
+            consumer.close()
 
     def _java_command(self, lib: Path) -> list[str]:
         heap = self.settings.stack_kafka_heap
@@ -213,6 +241,10 @@ class KafkaServer:
             return None
         user_topics = [t for t in metadata.topics if not t.startswith("__")]
         return f"Kafka {self.version}, {len(metadata.brokers)} broker, {len(user_topics)} topics"
+
+
+_READY_TOPIC = "pacs-sync.stack-ready"
+_READY_GROUP = "pacs-sync-stack-ready"
 
 
 def min_heap(heap: str) -> str:
