@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-unit test-integration install lint format stack-up stack-down bench-producer
+.PHONY: help demo test test-unit test-integration install lint format stack-up stack-down bench-producer bench-pipeline
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,10 @@ $(VENV)/.installed: pyproject.toml deploy/local/install-system-deps.sh
 bench-producer: install  ## Producer benchmark at Benton scale (figures to bench-results/producer.json)
 	$(BIN)/pacs-sync stack up
 	$(BIN)/python tests/benchmarks/bench_producer.py --runs 3
+
+bench-pipeline: install  ## Whole pipeline: Benton snapshot, sustained events/s, latency (bench-results/pipeline.json)
+	$(BIN)/pacs-sync stack up
+	$(BIN)/python tests/benchmarks/bench_pipeline.py --runs 1
 
 lint: install  ## ruff, mypy and the import contracts between stages
 	$(BIN)/ruff check .
