@@ -1565,6 +1565,9 @@ def isolated(
         result.update(body(pipeline, obs))
         result["final_verify"] = final_verify(pipeline)
         result["run_stop_seconds"] = pipeline.stop_seconds
+        measured = result.get("throughput", []) + ([result["latency"]] if "latency" in result else [])
+        # Keep the logs of anything that did not add up: they are what a diagnosis needs.
+        failed = not result["final_verify"]["ok"] or not all(m.get("complete", True) for m in measured)
         after = service_incarnations()
         result["disturbed"] = after != services
         if result["disturbed"]:
@@ -1739,7 +1742,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             t
             for r in runs
             for t in r.get("throughput", [])
-            if (t["mode"], t["processors"]) == (mode, workers) and not t.get("disturbed")
+            if (t["mode"], t["processors"]) == (mode, workers) and not t.get("disturbed") and t["complete"]
         ]
         summary["throughput"][f"{mode}/{workers}"] = {
             "end_to_end_events_per_s": median_of([t["end_to_end_events_per_s"] for t in items]),
@@ -1748,7 +1751,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "processor_per_s": median_of([t["stages"]["processor"]["per_s"] for t in items]),
             "sink_per_s": median_of([t["stages"]["sink_offsets"]["per_s"] for t in items]),
         }
-    lats = [r["latency"]["seconds"] for r in runs if "latency" in r and not r["latency"].get("disturbed")]
+    lats = [
+        r["latency"]["seconds"]
+        for r in runs
+        if "latency" in r and not r["latency"].get("disturbed") and r["latency"]["complete"]
+    ]
     for key in ("p50", "p95", "p99", "mean", "max"):
         summary["latency"][key] = median_of([lat[key] for lat in lats])
     return summary
