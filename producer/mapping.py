@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ class TableMapping:
     columns: tuple[str, ...]
     extra_fields: tuple[str, ...] = field(default=())
     """Columns captured beyond the contract (an evolved capture instance); published as extra fields."""
+    partition_field: str | None = None
+    """The field whose value picks the event's partition instead of the key (see :meth:`partition`)."""
 
     @property
     def key_field(self) -> str:
@@ -64,6 +67,27 @@ class TableMapping:
     def key(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The key record of a row image."""
         return {self.key_field: record[self.key_field]}
+
+    def partition(self, image: Mapping[str, Any] | None, partitions: int) -> int | None:
+        """The partition of an event whose row image is ``image``; None: the key's (the default).
+
+        Owner events are routed by ``PropertyID`` (as Debezium's PartitionRouting transform does):
+        the owners of one property then share one partition in commit order, so a sale's end of the
+        sellers reaches the processors' owner-share ledger before the buyers' inserts. Keyed by
+        owner, the two could sit in different partitions and be checked in either order. The
+        record key stays the primary key, so per-key order holds too, except for an owner moved to
+        another property, whose events before and after the move are in two partitions (the sink's
+        position guard keeps the newest).
+        """
+        if self.partition_field is None or image is None:
+            return None
+        value = image.get(self.partition_field)
+        return None if value is None else partition_of(str(value), partitions)
+
+
+def partition_of(text: str, partitions: int) -> int:
+    """A stable partition for ``text`` (CRC-32, like librdkafka's "consistent" partitioner)."""
+    return zlib.crc32(text.encode()) % partitions
 
 
 _CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -122,11 +146,20 @@ _CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
 TABLES: tuple[str, ...] = tuple(_CONTRACT)
 """The PACS tables, parents first."""
 
+_PARTITION_FIELDS: dict[str, str] = {"PropertyOwner": "PropertyID"}
+"""Tables whose events a cross-row rule reads together (OWN-SET-OVER-100), routed by this field."""
+
 
 def default_mappings() -> dict[str, TableMapping]:
     """The seed's column names, mapped to themselves."""
     return {
-        table: TableMapping(table=table, entity=entity, fields=fields, columns=fields)
+        table: TableMapping(
+            table=table,
+            entity=entity,
+            fields=fields,
+            columns=fields,
+            partition_field=_PARTITION_FIELDS.get(table),
+        )
         for table, (entity, fields) in _CONTRACT.items()
     }
 

@@ -146,12 +146,13 @@ class PollingProducer:
         topic = topic_name(self.settings, table)
         key_schema, value_schema = f"pacs.dbo.{table}Key", f"pacs.dbo.{table}Envelope"
         now = utc_now()
+        partitions = publisher.partition_count(topic)
         publisher.begin()
-        changes: list[tuple[str, str, tuple[Any, ...] | None]] = [
-            ("r" if first else "c", k, v) for k, v in inserted
-        ]
+        # A scan has no commit order: removals and updates go first, so an owner set replaced
+        # between two scans (a sale) never looks over 100 % to the processors' ledger.
+        changes: list[tuple[str, str, tuple[Any, ...] | None]] = [("d", k, None) for k in deleted]
         changes += [("u", k, v) for k, v in updated]
-        changes += [("d", k, None) for k in deleted]
+        changes += [("r" if first else "c", k, v) for k, v in inserted]
         for serial, (op, key_text, values) in enumerate(changes, start=1):
             commit_lsn, change_lsn = synthetic_position(scan_s, serial)
             record = None if values is None else mapping.record(values)
@@ -169,7 +170,12 @@ class PollingProducer:
             )
             value = envelope(op, None, record, source, now)
             publisher.produce(
-                topic, self.codec.encode(key_schema, key), self.codec.encode(value_schema, value)
+                topic,
+                self.codec.encode(key_schema, key),
+                self.codec.encode(value_schema, value),
+                # A polled delete has no row image: it goes by key (a delete only lowers a
+                # property's owner shares, so its order against the property's other owners is moot).
+                partition=mapping.partition(record, partitions),
             )
             hash_key = f"{table}:{key_text}".encode()
             publisher.produce(self.hashes_topic, hash_key, None if values is None else current[key_text][0])

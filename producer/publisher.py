@@ -49,12 +49,26 @@ class TransactionalPublisher:
             }
         )
         self._in_transaction = False
+        self._partition_counts: dict[str, int] = {}
         try:
             # Connect first: init_transactions() without a broker connection waits a 500 ms retry timer.
             self._producer.list_topics(timeout=_TIMEOUT_S)
             self._producer.init_transactions(_TIMEOUT_S)
         except KafkaException as exc:
             raise KafkaPublishError(f"Kafka transactions could not start ({exc}); is the broker up?") from exc
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (asked once per topic; topics never shrink)."""
+        count = self._partition_counts.get(topic)
+        if count is None:
+            try:
+                metadata = self._producer.list_topics(topic, timeout=_TIMEOUT_S).topics[topic]
+            except KafkaException as exc:
+                raise KafkaPublishError(f"no metadata for topic {topic} ({exc})") from exc
+            if metadata.error is not None or not metadata.partitions:
+                raise KafkaPublishError(f"no partitions known for topic {topic}: {metadata.error}")
+            count = self._partition_counts[topic] = len(metadata.partitions)
+        return count
 
     def begin(self) -> None:
         """Start a transaction."""
@@ -67,11 +81,18 @@ class TransactionalPublisher:
         key: bytes | None,
         value: bytes | None,
         headers: dict[str, str | bytes | None] | None = None,
+        partition: int | None = None,
     ) -> None:
-        """Queue one record in the current transaction (waits while the local queue is full)."""
+        """Queue one record in the current transaction (waits while the local queue is full).
+
+        ``partition``: the record's partition; None lets the key pick it (the default partitioner).
+        """
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers)
+                if partition is None:
+                    self._producer.produce(topic, value=value, key=key, headers=headers)
+                else:
+                    self._producer.produce(topic, value=value, key=key, headers=headers, partition=partition)
                 return
             except BufferError:
                 self._producer.poll(0.05)

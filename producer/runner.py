@@ -365,6 +365,7 @@ class ProducerRunner:
             for flag in ("true", "last")
         }
         key_field = mapping.key_field
+        partitions = self.publisher.partition_count(topic)
         for i, values in enumerate(rows):
             record = mapping.record(values)
             source = sources["last" if final and i == last else "true"]
@@ -372,6 +373,7 @@ class ProducerRunner:
                 topic,
                 encode(key_schema, {key_field: values[0]}),
                 encode(value_schema, envelope("r", None, record, source, now)),
+                partition=mapping.partition(record, partitions),
             )
         self._produce_offset()
         self.publisher.commit()
@@ -610,10 +612,12 @@ class ProducerRunner:
         if image is None:
             raise ValueError(f"a {change.op} change without a row image at {row.position}")
         value = envelope(change.op, before, after, source, utc_now())
+        topic = topic_name(self.settings, segment.table)
         self.publisher.produce(
-            topic_name(self.settings, segment.table),
+            topic,
             self.codec.encode(key_schema, mapping.key(image)),
             self.codec.encode(value_schema, value),
+            partition=mapping.partition(image, self.publisher.partition_count(topic)),
         )
         self.metrics.events.labels(mapping.entity, change.op).inc()
         self.summary.events[change.op] = self.summary.events.get(change.op, 0) + 1

@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 import pytest
@@ -187,6 +188,74 @@ def test_snapshot_then_stream_every_kind_of_change(rig: ProducerRig) -> None:
     streamed_positions = positions(streamed)
     assert len(set(streamed_positions)) == len(streamed_positions) == 6
     assert min(streamed_positions)[0] > snapshot[0]["source"]["commit_lsn"]
+
+
+def _owner_events_by_partition(rig: ProducerRig) -> dict[int, list[dict[str, Any]]]:
+    """The owner change topic's events per partition, in offset order."""
+    topic = topic_name(rig.settings, "PropertyOwner")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": rig.settings.kafka_bootstrap_servers,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        by_partition: dict[int, list[dict[str, Any]]] = {}
+        for partition in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+            tp = TopicPartition(topic, partition, 0)
+            end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+            consumer.assign([tp])
+            events = by_partition.setdefault(partition, [])
+            while end and consumer.position([tp])[0].offset < end:
+                for message in consumer.consume(num_messages=1000, timeout=1):
+                    if message.error() is None and message.value() is not None:
+                        events.append(rig.codec.decode(message.value()).value)
+        return by_partition
+    finally:
+        consumer.close()
+
+
+def test_owner_events_of_a_property_share_one_partition_in_commit_order(rig: ProducerRig) -> None:
+    # A sale ends the sellers and inserts the buyers in one transaction; keyed by owner, the events
+    # would spread over the partitions and a processor could check a buyer before the sellers end.
+    rig.write(*[(INSERT_PROPERTY, (i, f"P-{i}", "Kennewick", 1)) for i in range(1, 9)])
+    rig.write(
+        *[
+            (INSERT_OWNER, (10 * i + n, i, f"SELLER {n}", "Individual", 50))
+            for i in range(1, 9)
+            for n in (1, 2)
+        ]
+    )
+    rig.pacs.admin.scan()
+    rig.run_until_caught_up()  # snapshot
+    for i in range(1, 9):
+        rig.write(
+            ("UPDATE dbo.PropertyOwner SET EndDate = ? WHERE PropertyID = ?", (date(2026, 6, 1), i)),
+            *[(INSERT_OWNER, (1000 + 10 * i + n, i, f"BUYER {n}", "Individual", 50)) for n in (1, 2)],
+        )
+    rig.pacs.admin.scan()
+    rig.run_until_caught_up()
+
+    by_partition = _owner_events_by_partition(rig)
+    partitions_of: dict[int, set[int]] = {}
+    for partition, events in by_partition.items():
+        for event in events:
+            partitions_of.setdefault((event["after"] or event["before"])["PropertyID"], set()).add(partition)
+    assert sorted(partitions_of) == list(range(1, 9))
+    assert all(len(p) == 1 for p in partitions_of.values()), partitions_of
+    assert len({next(iter(p)) for p in partitions_of.values()}) == 2  # both partitions in use
+    for events in by_partition.values():
+        assert positions(events) == sorted(positions(events))  # commit order within the partition
+        for pid in {e["after"]["PropertyID"] for e in events}:
+            sale = [e for e in events if e["after"]["PropertyID"] == pid and e["op"] != "r"]
+            assert [(e["op"], e["after"]["OwnerName"].split()[0]) for e in sale] == [
+                ("u", "SELLER"),
+                ("u", "SELLER"),
+                ("c", "BUYER"),
+                ("c", "BUYER"),
+            ]
 
 
 def test_restarting_resumes_without_duplicates(rig: ProducerRig) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,7 @@ from producer.mapping import (
     extra_captured,
     load_mappings,
     mapping_problems,
+    partition_of,
     utc_now,
 )
 from schemas.codec import KEY_FIELDS, AvroCodec, SchemaRegistry
@@ -413,3 +415,44 @@ def test_owner_row_with_dates_encodes(codec: AvroCodec) -> None:
 
 def test_utc_now_is_aware() -> None:
     assert utc_now().tzinfo is UTC
+
+
+def test_owner_events_of_one_property_share_a_partition_whatever_the_owner() -> None:
+    owners = default_mappings()["PropertyOwner"]
+    partitions = {
+        owners.partition({"PropertyOwnerID": owner_id, "PropertyID": 4711}, 12) for owner_id in range(1, 200)
+    }
+    assert partitions == {partition_of("4711", 12)}
+
+
+def test_owner_partitions_spread_over_the_topic() -> None:
+    owners = default_mappings()["PropertyOwner"]
+    used = {owners.partition({"PropertyOwnerID": 1, "PropertyID": pid}, 6) for pid in range(1, 500)}
+    assert used == set(range(6))
+
+
+@pytest.mark.parametrize("table", ["Property", "PropertyValue", "Structure"])
+def test_other_tables_are_partitioned_by_their_key(table: str) -> None:
+    mapping = default_mappings()[table]
+    assert mapping.partition({"PropertyID": 1, mapping.key_field: 2}, 6) is None
+
+
+def test_an_owner_event_without_a_property_goes_by_its_key() -> None:
+    owners = default_mappings()["PropertyOwner"]
+    assert owners.partition(None, 6) is None
+    assert owners.partition({"PropertyOwnerID": 1, "PropertyID": None}, 6) is None
+
+
+def test_partition_routing_survives_column_overrides_and_extra_columns(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({"PropertyOwner": {"PropertyID": "ParcelRef"}}))
+    owners = load_mappings(path)["PropertyOwner"].with_extra(["Notes"])
+    assert owners.partition({"PropertyOwnerID": 9, "PropertyID": 4711}, 12) == partition_of("4711", 12)
+
+
+def test_partition_of_is_stable_across_processes() -> None:
+    # CRC-32 of the text: a restarted producer routes a property's owners to the same partition.
+    assert [partition_of(str(n), 3) for n in (1, 2, 3, 10, 4711)] == [
+        zlib.crc32(str(n).encode()) % 3 for n in (1, 2, 3, 10, 4711)
+    ]
+    assert 0 <= partition_of("99", 1) == 0
