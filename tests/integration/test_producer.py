@@ -210,8 +210,9 @@ def _owner_events_by_partition(rig: ProducerRig) -> dict[int, list[dict[str, Any
             events = by_partition.setdefault(partition, [])
             while end and consumer.position([tp])[0].offset < end:
                 for message in consumer.consume(num_messages=1000, timeout=1):
-                    if message.error() is None and message.value() is not None:
-                        events.append(rig.codec.decode(message.value()).value)
+                    value = message.value()
+                    if message.error() is None and value is not None:
+                        events.append(rig.codec.decode(value).value)
         return by_partition
     finally:
         consumer.close()
