@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from pacs_sync import dbapi
@@ -58,7 +59,11 @@ def read_state(conn: dbapi.Connection) -> list[list[tuple[Any, ...]]]:
 
 def _planner(conn: dbapi.Connection, seed: int) -> WorkloadPlanner:
     properties, owners, valuations, structures = read_state(conn)
-    return WorkloadPlanner.from_state(properties, owners, valuations, structures, seed=seed)
+    # The clock stops at today: a long churn must not plan sales and tax years the pipeline's
+    # validation (against the real date) rejects as future.
+    return WorkloadPlanner.from_state(
+        properties, owners, valuations, structures, seed=seed, latest_day=datetime.now(UTC).date()
+    )
 
 
 def run_churn(

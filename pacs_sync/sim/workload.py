@@ -389,13 +389,16 @@ class WorkloadPlanner:
     Args:
         dataset: the tables' current rows; ``dataset.dirty`` is not used.
         seed: seeds the planner's only random source; the same state and seed give the same plan.
+        latest_day: the planner's clock never passes this day (a live run passes today's date: its
+            sale dates and tax years must stay valid for a pipeline that checks them against the
+            real calendar, even after hundreds of thousands of transactions); None: no limit.
 
     Raises:
         ValueError: fewer than two properties, a duplicate primary key, or a child row whose
             property does not exist.
     """
 
-    def __init__(self, dataset: PacsDataset, seed: int) -> None:
+    def __init__(self, dataset: PacsDataset, seed: int, *, latest_day: date | None = None) -> None:
         self._rng = random.Random(seed)  # noqa: S311  # simulation workload, not security: reproducible by design
         self._properties: dict[int, _Property] = {}
         self._owners: dict[int, _Owner] = {}
@@ -435,6 +438,7 @@ class WorkloadPlanner:
             and day.year <= AS_OF_DATE.year + 50  # a typo'd far-future date must not stop the clock
         ]
         self._today = max([WORKLOAD_START_DATE, *(day + timedelta(days=1) for day in known_dates)])
+        self._latest_day = latest_day
         self._next_short_plat = _FIRST_SHORT_PLAT
         self._summary: Counter[str] = Counter()
         self._kind_planners: dict[str, Callable[[], list[Statement]]] = {
@@ -456,6 +460,7 @@ class WorkloadPlanner:
         structures: Iterable[Sequence[object]],
         *,
         seed: int,
+        latest_day: date | None = None,
     ) -> WorkloadPlanner:
         """A planner for the state a caller read back from the database.
 
@@ -465,6 +470,7 @@ class WorkloadPlanner:
             valuations: ``dbo.propertyvalue`` rows in table column order.
             structures: ``dbo.structure`` rows in table column order.
             seed: seeds the planner's random source.
+            latest_day: the day the planner's clock stops at (see the class).
 
         Raises:
             ValueError: a row has the wrong number of columns, a NULL or non-numeric key, or breaks
@@ -476,7 +482,7 @@ class WorkloadPlanner:
             valuations=[_valuation_row(row) for row in valuations],
             structures=[_structure_row(row) for row in structures],
         )
-        return cls(dataset, seed)
+        return cls(dataset, seed, latest_day=latest_day)
 
     def _load(self, dataset: PacsDataset) -> None:
         for pid, parcel, address, city, state, zip_code, legal, acreage, year_built in dataset.properties:
@@ -529,7 +535,8 @@ class WorkloadPlanner:
             most often). When the drawn kind has no candidate (say, no parcel large enough to split),
             a correction is planned instead.
         """
-        if self._rng.random() < _DAY_ADVANCE_CHANCE:
+        advance = self._rng.random() < _DAY_ADVANCE_CHANCE  # drawn even when capped: same plan
+        if advance and (self._latest_day is None or self._today < self._latest_day):
             self._today += timedelta(days=1)
         kind = self._rng.choices(tuple(_KIND_WEIGHTS), weights=tuple(_KIND_WEIGHTS.values()))[0]
         statements = self._kind_planners[kind]()

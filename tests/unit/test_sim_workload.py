@@ -396,3 +396,27 @@ def test_a_small_data_set_survives_a_long_workload() -> None:
     assert all_row_issues(model.dataset(), max_year=_MAX_YEAR, latest_date=_LATEST_DATE) == Counter()
     tax_years = {row["taxyear"] for row in model.rows[VALUATION_TABLE].values()}
     assert max(int(str(year)) for year in tax_years) <= _MAX_YEAR, "the roll does not run decades ahead"
+
+
+def _planned_dates(transactions: Sequence[PlannedTransaction]) -> tuple[date, int]:
+    """The latest date and tax year the transactions write."""
+    days = [p for t in transactions for s in t.statements for p in s.params if isinstance(p, date)]
+    years = [
+        int(cast(int, p))
+        for t in transactions
+        for s in t.statements
+        for column, p in zip(s.columns, s.params, strict=False)
+        if column == "taxyear"
+    ]
+    return max(days), max(years)
+
+
+def test_the_clock_stops_at_the_latest_day_without_changing_the_draws(dataset: PacsDataset) -> None:
+    latest = date(2025, 7, 20)
+    capped = WorkloadPlanner(dataset, seed=4, latest_day=latest).plan(3000)
+    free = WorkloadPlanner(dataset, seed=4).plan(3000)
+    last_day, last_year = _planned_dates(capped)
+    assert last_day <= latest
+    assert last_year <= latest.year + 1
+    assert _planned_dates(free)[0] > latest  # uncapped, 3000 transactions run months past it
+    assert [t.kind for t in capped[:50]] == [t.kind for t in free[:50]]  # same draws before the cap
