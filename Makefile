@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-unit test-integration install lint format stack-up stack-down bench-producer bench-pipeline
+.PHONY: help demo test test-unit test-integration test-faults install lint format stack-up stack-down bench-producer bench-pipeline
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ demo: install  ## The main job: local stack, emulated PACS (Benton), sync, then 
 	$(BIN)/pacs-sync sync --until-caught-up
 	$(BIN)/pacs-sync run --churn-rate 20 $(DEMO_ARGS)
 
-test: install  ## Every test: unit, then integration and e2e against the real local stack
+test: install  ## Every test: unit, integration, e2e, then the fault suite, against the real local stack
 	$(BIN)/pacs-sync stack up
 	$(BIN)/pytest
 
@@ -27,6 +27,10 @@ test-unit: install  ## Unit tests only (seconds, no services)
 test-integration: install  ## Integration tests against the running local stack
 	$(BIN)/pacs-sync stack up
 	$(BIN)/pytest tests/integration
+
+test-faults: install  ## The fault-injection suite only (kill -9, restarts, outages; RELIABILITY.md)
+	$(BIN)/pacs-sync stack up
+	$(BIN)/pytest tests/faults
 
 install: $(VENV)/.installed  ## System packages, virtualenv and the pinned Python packages
 
