@@ -164,12 +164,22 @@ def sim_churn(
     duration: Annotated[float | None, typer.Option(min=0.0, help="Run for this many seconds.")] = None,
     changes: Annotated[int | None, typer.Option(min=1, help="Stop after this many row changes.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the workload planner.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line.")] = False,
 ) -> None:
-    """Apply a realistic assessment workload in real transactions; print what was applied."""
+    """Apply a realistic assessment workload in real transactions; print what was applied.
+
+    SIGTERM or Ctrl-C ends it after the transaction in flight, with the summary printed.
+    """
     settings = _sim_settings()
     if duration is None and changes is None:
         duration = 60.0
-    result = run_churn(settings, rate=rate, seed=seed, duration_s=duration, max_changes=changes)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    result = run_churn(settings, rate=rate, seed=seed, duration_s=duration, max_changes=changes, stop=stop)
+    if as_json:
+        typer.echo(json.dumps(result.as_record()))
+        return
     typer.echo(
         f"applied {result.transactions:,} transactions, {result.changes:,} row changes "
         f"in {result.seconds:.1f} s ({result.rate:,.0f} changes/s), {result.failed} failed"

@@ -7,17 +7,19 @@ driver and qmark SQL an application would use, paced to an offered rate of row c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pacs_sync import dbapi
 from pacs_sync.db_errors import translate_db_error
-from pacs_sync.errors import FatalError
+from pacs_sync.errors import FatalError, PacsSyncError, RetriableError
 from pacs_sync.sim.generator import TABLE_COLUMNS
 from pacs_sync.sim.loader import emulated_source
 from pacs_sync.sim.settings import SimSettings
@@ -27,6 +29,7 @@ from pacs_sync.stack.postgres import connection_kwargs
 logger = logging.getLogger(__name__)
 
 _MAX_CONSECUTIVE_FAILURES = 20
+_RECONNECT_FOR_S = 180.0  # a PostgreSQL restart or a network blip; longer is an outage worth stopping for
 
 
 @dataclass
@@ -40,10 +43,23 @@ class ChurnResult:
     by_kind: Counter[str] = field(default_factory=Counter)
     statements: dict[str, int] = field(default_factory=dict)
 
+    reconnects: int = 0
+
     @property
     def rate(self) -> float:
         """Achieved row changes per second."""
         return self.changes / self.seconds if self.seconds > 0 else 0.0
+
+    def as_record(self) -> dict[str, Any]:
+        """The result as one JSON-safe object (``sim churn --json``)."""
+        return {
+            "transactions": self.transactions,
+            "changes": self.changes,
+            "failed": self.failed,
+            "reconnects": self.reconnects,
+            "seconds": round(self.seconds, 1),
+            "by_kind": dict(self.by_kind),
+        }
 
 
 def read_state(conn: dbapi.Connection) -> list[list[tuple[Any, ...]]]:
@@ -80,13 +96,19 @@ def run_churn(
     Pacing: after each commit the runner sleeps until ``changes / rate`` seconds have passed since the
     start, so the offered load is steady rather than bursty. A failed transaction is rolled back and
     the planner re-reads the database (someone else may have changed it); many failures in a row stop.
+    A lost connection (PACS-001: the server restarted or is unreachable) is reopened with backoff for
+    up to three minutes; a transaction cut at its commit may or may not have committed, which the
+    re-read covers.
     """
     if duration_s is None and max_changes is None:
         raise ValueError("give a duration or a number of changes")
     server = emulated_source(settings)
-    conn = dbapi.connect(
-        **connection_kwargs(server, settings.db_name), application_name="pacs-sync sim churn"
-    )
+    kwargs = connection_kwargs(server, settings.db_name)
+
+    def connect() -> dbapi.Connection:
+        return dbapi.connect(**kwargs, application_name="pacs-sync sim churn")
+
+    conn = connect()
     result = ChurnResult()
     planner = _planner(conn, seed)
     consecutive_failures = 0
@@ -107,8 +129,11 @@ def run_churn(
                     rows_changed += max(cursor.rowcount, 0)
                 conn.commit()
             except dbapi.DriverError as exc:
-                conn.rollback()
                 error = translate_db_error(exc, server="emulated PACS")
+                if not _usable(conn):
+                    # The connection is gone, and its transaction with it: reconnect, then re-read.
+                    conn = _reconnect(conn, connect, error, stop)
+                    result.reconnects += 1
                 result.failed += 1
                 consecutive_failures += 1
                 logger.warning("churn transaction %s failed: %s", txn.kind, error)
@@ -124,9 +149,54 @@ def run_churn(
             result.by_kind[txn.kind] += 1
             ahead = started + result.changes / rate - time.monotonic()
             if ahead > 0:
-                time.sleep(ahead)
+                if stop is not None:
+                    stop.wait(ahead)
+                else:
+                    time.sleep(ahead)
     finally:
         result.seconds = time.monotonic() - started
         result.statements = dict(planner.summary())
-        conn.close()
+        with contextlib.suppress(dbapi.DriverError, OSError):  # a broken connection closes noisily
+            conn.close()
     return result
+
+
+def _usable(conn: dbapi.Connection) -> bool:
+    """Whether ``conn`` still answers after a failed transaction (which this rolls back)."""
+    try:
+        conn.rollback()
+        dbapi.fetch_all(conn, "SELECT 1")
+        conn.rollback()
+    except (dbapi.DriverError, OSError):
+        return False
+    return True
+
+
+def _reconnect(
+    lost: dbapi.Connection,
+    connect: Callable[[], dbapi.Connection],
+    cause: PacsSyncError,
+    stop: threading.Event | None,
+) -> dbapi.Connection:
+    """A new connection after ``lost`` broke, retried with backoff for up to three minutes.
+
+    Raises:
+        RetriableError: the server stayed unreachable that long (the last connect error).
+        PacsSyncError: a connect failed for good (bad credentials, the database dropped).
+    """
+    with contextlib.suppress(dbapi.DriverError, OSError):
+        lost.close()
+    logger.warning("churn lost its connection (%s); reconnecting", cause)
+    deadline = time.monotonic() + _RECONNECT_FOR_S
+    delay = 0.2
+    while True:
+        try:
+            return connect()
+        except RetriableError:
+            if time.monotonic() + delay > deadline or (stop is not None and stop.is_set()):
+                raise
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+            delay = min(delay * 2, 5.0)

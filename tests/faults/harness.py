@@ -652,26 +652,12 @@ class FaultPipeline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
 
-    def start_churn(self, rate: float, *, seed: int = 11, every_kind: bool = False) -> None:
-        """Churn in the background until :meth:`stop_churn`: ``sim churn`` itself (``every_kind``), or
-        by default its planner without ownership transfers (see :mod:`tests.faults.churn`)."""
+    def start_churn(self, rate: float, *, seed: int = 11) -> None:
+        """``pacs-sync sim churn`` (every kind of transaction) in the background until :meth:`stop_churn`;
+        it rides out a PostgreSQL restart by reconnecting."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        if every_kind:
-            argv = [
-                sys.executable,
-                "-m",
-                "pacs_sync",
-                "sim",
-                "churn",
-                "--rate",
-                str(rate),
-                "--duration",
-                "100000",
-            ]
-            argv += ["--seed", str(seed)]
-        else:
-            argv = [sys.executable, "-m", "tests.faults.churn", "--rate", str(rate), "--seed", str(seed)]
-            argv += ["--exclude", "ownership_transfer"]
+        argv = [sys.executable, "-m", "pacs_sync", "sim", "churn", "--json", "--rate", str(rate)]
+        argv += ["--duration", "100000", "--seed", str(seed)]
         with (self.log_dir / "churn.log").open("ab") as out:
             self.churn = subprocess.Popen(
                 argv,

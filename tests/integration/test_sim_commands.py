@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -128,6 +129,45 @@ def test_sim_churn_applies_transactions_that_the_agent_captures(
         time.sleep(0.5)
     assert pending == 0
     assert captured >= applied  # one row per insert/delete, two per update (op 3 excluded above)
+
+
+def test_sim_churn_reconnects_after_its_connection_is_cut_and_stops_on_sigterm(
+    stack: LocalStack, sim_env: dict[str, str]
+) -> None:
+    database = sim_env["PACS_DB_NAME"]
+    assert run_cli(["sim", "init", "--scale", "small"], sim_env).returncode == 0
+    churn = subprocess.Popen(
+        [*_CLI, "sim", "churn", "--json", "--rate", "200", "--duration", "600", "--seed", "5"],
+        env={**os.environ, **sim_env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(4)
+        cut = query(
+            stack,
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = ? AND application_name = 'pacs-sync sim churn'",
+            (database,),
+        )
+        assert cut == [(True,)]
+        changes_at_cut = query(stack, database, "SELECT COUNT(*) FROM cdc.lsn_time_mapping")[0][0]
+        time.sleep(4)
+        assert churn.poll() is None, churn.communicate()[1][-4000:]
+        churn.terminate()
+        out, err = churn.communicate(timeout=30)
+    finally:
+        if churn.poll() is None:
+            churn.kill()
+    assert churn.returncode == 0, err[-2000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["reconnects"] == 1
+    assert summary["changes"] > 0
+    assert summary["seconds"] < 30  # SIGTERM ended it, not --duration
+    # It kept writing after the cut (the capture agent records each committed transaction).
+    assert query(stack, database, "SELECT COUNT(*) FROM cdc.lsn_time_mapping")[0][0] > changes_at_cut
 
 
 def test_bad_scale_is_a_usage_error(sim_env: dict[str, str]) -> None:
