@@ -164,7 +164,7 @@ class PollingProducer:
                 capture_instance=None,
                 commit_lsn=commit_lsn,
                 change_lsn=change_lsn,
-                event_serial_no=serial,
+                event_serial_no=0,  # the change LSN carries the serial (the position allows 0-254 here)
                 commit_time=now,
                 snapshot="true" if op == "r" else "false",
             )

@@ -18,9 +18,10 @@ from pydantic import SecretStr
 
 from pacs_sync import dbapi
 from pacs_sync.errors import ErrorCode
+from pacs_sync.lsn import position_bytes
 from pacs_sync.metrics import ProducerMetrics
 from producer.errors import RetentionExceededError
-from producer.runner import ProducerRunner, offsets_topic, topic_name
+from producer.runner import ProducerRunner, offsets_topic, run_producer, topic_name
 from producer.settings import ProducerSettings
 from schemas.codec import AvroCodec, SchemaRegistry
 from tests.integration.conftest import EmulatedPacs
@@ -43,11 +44,9 @@ class ProducerRig:
         return ProducerRunner(self.settings, self.codec, ProducerMetrics.create(CollectorRegistry()))
 
     def run_until_caught_up(self) -> None:
-        runner = self.runner()
-        try:
-            runner.run(threading.Event(), until_caught_up=True)
-        finally:
-            runner.close()
+        # Through the production dispatcher: PACS_ENABLE_CDC=false runs the polling producer.
+        metrics = ProducerMetrics.create(CollectorRegistry())
+        run_producer(self.settings, self.codec, metrics, threading.Event(), until_caught_up=True)
 
     def events(self, table: str) -> list[dict[str, Any]]:
         records = read_topic(self.settings, topic_name(self.settings, table))
@@ -534,7 +533,7 @@ def test_polling_mode_yields_the_same_net_changes_as_cdc(rig: ProducerRig, stack
     from pacs_sync.sim.generator import generate, scale_for
     from pacs_sync.sim.workload import WorkloadPlanner
 
-    dataset = generate(scale_for("40"), seed=5)
+    dataset = generate(scale_for("300"), seed=5)  # a first scan of more than 255 events
     rig.write(
         *[(f"INSERT INTO dbo.Property VALUES ({', '.join('?' * 9)})", tuple(r)) for r in dataset.properties]
     )
@@ -555,6 +554,7 @@ def test_polling_mode_yields_the_same_net_changes_as_cdc(rig: ProducerRig, stack
             continue
         rig.write(*[(s.sql, s.params) for s in txn.statements])
         applied += 1
+    rig.write(("UPDATE dbo.Property SET LegalDescription = ?", ("re-platted",)))  # > 255 changes in a scan
     rig.pacs.admin.scan()
     rig.run_until_caught_up()
     poll_rig.run_until_caught_up()
@@ -571,6 +571,11 @@ def test_polling_mode_yields_the_same_net_changes_as_cdc(rig: ProducerRig, stack
     assert {"r", "u"} <= set(poll_ops)
     assert ("d" in cdc_ops) == ("d" in poll_ops)
     assert len(poll_ops) <= len(cdc_ops)  # polling sees only net changes
+    # Every polled event has a position the sink can order (a scan's n-th event is its change LSN).
+    polled = [e["source"] for e in poll_rig.events("Property") if e["op"] != "r"]
+    assert len(polled) > 255
+    order = [position_bytes(s["commit_lsn"], s["change_lsn"], s["event_serial_no"] or 0) for s in polled]
+    assert len(set(order)) == len(order)
 
 
 def test_snapshot_mode_never_streams_what_the_change_tables_hold(rig: ProducerRig) -> None:
