@@ -439,12 +439,25 @@ class OwnerShareLedger:
     a Faust table keyed by PropertyID can hold it); a share recorded with a future start or an end
     date reads ``"50.00|<start>|<end>"``. Owners already ended are dropped, which assumes ``as_of``
     does not go backwards (events are applied in commit order).
+
+    Replays. Applied with source positions (:func:`pacs_sync.lsn.position_bytes` as hex), the ledger
+    also keeps, per owner, the position of the last change it applied (``"seen"`` in the state, ended
+    owners included) and the verdict of that change if it broke the rule (``"rejected"``). A change
+    at or before an owner's seen position is a replay: at-least-once processing re-reads the events
+    after the last committed input offset while the ledger, saved per event to its changelog, already
+    holds their effect and maybe later ones. A replay changes nothing and gets its first verdict
+    again, so a restart re-emits what it emitted the first time (a buyer replayed after a later
+    sale is not checked against the later buyers).
     """
+
+    _SEEN, _REJECTED = "seen", "rejected"  # state keys beside the owner ids (which are digits)
 
     def __init__(self) -> None:
         """Create an empty ledger."""
         self._shares: dict[int, dict[int, OwnerShare]] = {}
         self._property_of: dict[int, int] = {}
+        self._seen: dict[int, dict[int, str]] = {}
+        self._rejected: dict[int, dict[int, str]] = {}
 
     def apply(
         self,
@@ -453,6 +466,7 @@ class OwnerShareLedger:
         *,
         property_id: int | None = None,
         as_of: date | None = None,
+        position: str | None = None,
     ) -> Violation | None:
         """Record an owner row (insert, update or snapshot read) or its delete, and check the property.
 
@@ -463,15 +477,44 @@ class OwnerShareLedger:
                 image's ``PropertyID``); needed for a delete unless this ledger has seen the owner.
                 An update that moves the owner to another property removes it from this one.
             as_of: the day the check is for (the change's commit date); default today (UTC).
+            position: the change's source position (order-preserving text); a change at or before
+                the owner's last applied one is a replay (see the class). None: no replay check.
 
         Returns:
             An ``OWN-SET-OVER-100`` violation if the owner is current (or, for a future-dated
             start, becomes current) and the property's current owners then hold more than 100 %;
-            None otherwise (always None for a delete).
+            None otherwise (always None for a delete). A replay returns its first verdict.
         """
         day = as_of or datetime.now(UTC).date()
         known_property = self._property_of.get(key)
         previous = {pid for pid in (property_id, known_property) if pid is not None}
+        if position is not None:
+            home = row["PropertyID"] if row is not None else (property_id or known_property)
+            if home is None:
+                return self._apply(row, key, previous, day)
+            seen = self._seen.get(home, {}).get(key)
+            if seen is not None and position <= seen:
+                return self._first_verdict(home, key, position)
+            verdict = self._apply(row, key, previous, day)
+            self._seen.setdefault(home, {})[key] = position
+            rejected = self._rejected.setdefault(home, {})
+            if verdict is None:
+                rejected.pop(key, None)
+            else:
+                rejected[key] = f"{position}|{verdict.value}|{verdict.message}"
+            return verdict
+        return self._apply(row, key, previous, day)
+
+    def _first_verdict(self, property_id: int, key: int, position: str) -> Violation | None:
+        recorded = self._rejected.get(property_id, {}).get(key)
+        if recorded is None:
+            return None
+        rejected_at, value, message = recorded.split("|", 2)
+        return OWNER_SET_RULE.violation(value, message=message) if rejected_at == position else None
+
+    def _apply(
+        self, row: Mapping[str, Any] | None, key: int, previous: set[int], day: date
+    ) -> Violation | None:
         if row is None:
             for pid in previous:
                 self._remove(pid, key)
@@ -519,13 +562,20 @@ class OwnerShareLedger:
         """The properties that have recorded owners, sorted."""
         return sorted(pid for pid, owners in self._shares.items() if owners)
 
-    def to_state(self, property_id: int) -> dict[str, str]:
-        """The JSON-safe state of one property: ``{"<PropertyOwnerID>": "<share>"}`` (empty if none)."""
-        return {
+    def to_state(self, property_id: int) -> dict[str, Any]:
+        """The JSON-safe state of one property: ``{"<PropertyOwnerID>": "<share>"}`` (empty if none),
+        plus ``"seen"`` and ``"rejected"`` (``{"<PropertyOwnerID>": "<position>…"}``) once positions
+        were applied."""
+        state: dict[str, Any] = {
             str(owner_id): entry.to_text() for owner_id, entry in self._shares.get(property_id, {}).items()
         }
+        for name, table in ((self._SEEN, self._seen), (self._REJECTED, self._rejected)):
+            entries = table.get(property_id)
+            if entries:
+                state[name] = {str(owner_id): text for owner_id, text in entries.items()}
+        return state
 
-    def load_state(self, property_id: int, state: Mapping[str, str] | None) -> None:
+    def load_state(self, property_id: int, state: Mapping[str, Any] | None) -> None:
         """Replace a property's owners with a state from :meth:`to_state` (None or empty: no owners).
 
         Raises:
@@ -534,15 +584,26 @@ class OwnerShareLedger:
         for owner_id in self._shares.pop(property_id, {}):
             if self._property_of.get(owner_id) == property_id:
                 del self._property_of[owner_id]
+        self._seen.pop(property_id, None)
+        self._rejected.pop(property_id, None)
         if not state:
             return
-        owners = {int(owner_id): OwnerShare.from_text(text) for owner_id, text in state.items()}
-        self._shares[property_id] = owners
+        for name, table in ((self._SEEN, self._seen), (self._REJECTED, self._rejected)):
+            entries = state.get(name)
+            if entries:
+                table[property_id] = {int(owner_id): str(text) for owner_id, text in entries.items()}
+        owners = {
+            int(owner_id): OwnerShare.from_text(text)
+            for owner_id, text in state.items()
+            if owner_id not in (self._SEEN, self._REJECTED)
+        }
+        if owners:
+            self._shares[property_id] = owners
         for owner_id in owners:
             self._property_of[owner_id] = property_id
 
     @classmethod
-    def from_state(cls, states: Mapping[int, Mapping[str, str]]) -> OwnerShareLedger:
+    def from_state(cls, states: Mapping[int, Mapping[str, Any]]) -> OwnerShareLedger:
         """A ledger holding the states of several properties, ``{PropertyID: to_state(PropertyID)}``.
 
         Raises:

@@ -34,6 +34,7 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from pacs_sync.errors import ErrorCode, PoisonMessageError
+from pacs_sync.lsn import position_bytes
 from stream_processors.models import (
     INPUT_KEY_FIELDS,
     INPUT_MODELS,
@@ -258,6 +259,17 @@ def _position(source: object) -> dict[str, Any] | Violation:
     }
 
 
+def _ledger_position(position: Mapping[str, Any]) -> str | None:
+    """The event's position as order-preserving text for the owner ledger's replay check (None if
+    it has no byte form: the ledger then checks without it)."""
+    try:
+        return position_bytes(
+            position["source_commit_lsn"], position["source_change_lsn"], position["source_serial"]
+        ).hex()
+    except ValueError:
+        return None
+
+
 def _key_value(entity: str, *images: object) -> int | None:
     field_name = INPUT_KEY_FIELDS[entity]
     for image in images:
@@ -326,7 +338,9 @@ def process_event(
             return _rejected(entity, None, [problem])
         if ledger is not None and entity == "owners":
             previous_property = before.get("PropertyID") if isinstance(before, Mapping) else None
-            ledger.apply(None, key_value, property_id=previous_property, as_of=day)
+            ledger.apply(
+                None, key_value, property_id=previous_property, as_of=day, position=_ledger_position(position)
+            )
         record = deleted_fields(entity, key_value)
         record.update(position)
         record["deleted"] = True
@@ -354,7 +368,9 @@ def process_event(
     if ledger is not None and entity == "owners":
         before = event.get("before")
         previous_property = before.get("PropertyID") if isinstance(before, Mapping) else None
-        over = ledger.apply(row, key_value, property_id=previous_property, as_of=day)
+        over = ledger.apply(
+            row, key_value, property_id=previous_property, as_of=day, position=_ledger_position(position)
+        )
         if over is not None:
             violations.append(over)
     out_key = {OUTPUT_KEY_FIELDS[entity]: key_value}
