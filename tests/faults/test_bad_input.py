@@ -430,13 +430,6 @@ def test_extreme_dates_are_stored_as_dates(fault_pipeline: Callable[..., FaultPi
     assert stored == [("0001-01-01", "9999-12-31")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: owner-name title-casing drops letters when a word starts with a character whose upper case "
-    "is longer than one character ('ﬁsh' -> 'Fsh', 'ŉ' -> 'ʼ'); stream_processors/transform.py "
-    "capitalize_word "
-    "returns upper[0] + word[1:].lower(). Verify cannot see it: it applies the same transformation",
-)
 def test_title_casing_keeps_every_letter_of_a_name() -> None:
     name = normalize_owner_name("ﬁsh and chips llc") or ""
     assert name.replace("ﬁ", "fi").lower() == "fish and chips llc"
