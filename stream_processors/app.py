@@ -84,6 +84,7 @@ from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError
 from stream_processors.consumer import ProcessorApp
 from stream_processors.handling import TABLE_ENTITIES, EventHandler, Outcome, OutRecord
 from stream_processors.rules import OwnerShareLedger
+from stream_processors.schema_topic import SchemaTopicResolver
 from stream_processors.settings import ProcessorSettings
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ def input_topic(settings: ProcessorSettings, table: str) -> str:
 def output_topic(settings: ProcessorSettings, entity: str) -> str:
     """The clean, log-compacted topic of an entity."""
     return f"{settings.clean_topic_prefix}.{entity}"
+
+
+def schemas_topic(settings: ProcessorSettings) -> str:
+    """The producer's compacted topic of evolved schemas (by fingerprint)."""
+    return f"{settings.topic_prefix}.{settings.db_name}._schemas"
 
 
 def dead_letter_topic(settings: ProcessorSettings) -> str:
@@ -189,7 +195,10 @@ def create_app(
 
     ``output`` and ``create_topics=False`` let agent tests run without a broker.
     """
-    codec = codec or AvroCodec(SchemaRegistry.from_package())
+    if codec is None:
+        # Shipped schemas, and the evolved ones the producer publishes after a capture-instance switch.
+        resolver = SchemaTopicResolver(settings.kafka_bootstrap_servers, schemas_topic(settings))
+        codec = AvroCodec(SchemaRegistry.from_package(resolver))
     metrics = metrics or ProcessorMetrics.create(CollectorRegistry())
     as_of = date.fromisoformat(settings.validation_as_of) if settings.validation_as_of else None
     # Faust keeps table state under datadir: inside the project's state dir, not the cwd. Faust
@@ -274,6 +283,7 @@ def _create_topics(settings: ProcessorSettings) -> None:
     specs.append(TopicSpec(dead_letter_topic(settings), 1))
     # The producer creates its change topics; creating them here too lets the worker start first.
     specs += [TopicSpec(input_topic(settings, t), settings.output_partitions) for t in TABLE_ENTITIES]
+    specs.append(TopicSpec(schemas_topic(settings), 1, compacted=True))
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 

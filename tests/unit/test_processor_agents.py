@@ -223,3 +223,13 @@ def test_a_batch_whose_outputs_fail_stops_the_worker_unacknowledged(
         "PACS-010: properties batch of 4 events failed" in r.getMessage() and r.levelname == "CRITICAL"
         for r in caplog.records
     )
+
+
+def test_the_processors_read_evolved_schemas_where_the_producer_writes_them() -> None:
+    from producer.runner import schemas_topic as producer_schemas_topic
+    from producer.settings import ProducerSettings
+
+    common = {"topic_prefix": "tfx", "db_name": "pacs_benton"}
+    assert app_module.schemas_topic(ProcessorSettings.model_validate(common)) == producer_schemas_topic(
+        ProducerSettings.model_validate(common)
+    )
