@@ -7,14 +7,17 @@ each agent takes a batch of raw events, turns every event into a clean record or
 nothing is acknowledged before its outputs are in Kafka. After a crash the unacknowledged events are
 processed again and their outputs are byte-identical (no wall-clock data in clean records; dead
 letters carry ``failed_at``) with the same source position, which the sink's position guard ignores.
+A batch whose body fails (an output Kafka refuses, a defect) is never acked: Faust would ack it on
+the way out, so the worker exits at once instead (:func:`abandon_batch`) and is restarted.
 
 Isolation: the worker reads read_committed in every mode (:mod:`stream_processors.consumer`; Faust
 itself would read read_uncommitted under at_least_once). The CDC producer writes each window of
 events in one Kafka transaction with its position, so the processors never see an event of an
 aborted transaction (a producer killed mid-window, a failed commit): such an event may never be
 re-published (the row changed back meanwhile, the polling fallback re-scans), and would otherwise
-reach PostgreSQL. Evolved schemas (the producer's ``_schemas`` topic) are read read_committed too,
-and the producer commits a schema in the transaction of the first events that use it.
+reach PostgreSQL. Evolved schemas (the producer's ``_schemas`` topic) are read read_committed too
+(:mod:`stream_processors.schema_topic`); the producer writes a schema in the transaction of the
+first events that use it.
 
 Offsets: Faust commits the acknowledged input offsets every ``PACS_PROCESSOR_COMMIT_INTERVAL_S``
 (0.5 s; Faust's default is 2.8 s) or ``PACS_PROCESSOR_COMMIT_EVERY`` events, past the producer's
