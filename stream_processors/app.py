@@ -7,14 +7,23 @@ each agent takes a batch of raw events, turns every event into a clean record or
 nothing is acknowledged before its outputs are in Kafka. After a crash the unacknowledged events are
 processed again and their outputs are byte-identical (no wall-clock data in clean records; dead
 letters carry ``failed_at``) with the same source position, which the sink's position guard ignores.
+A batch whose body fails (an output Kafka refuses, a defect) is never acked: Faust would ack it on
+the way out, so the worker exits at once instead (:func:`abandon_batch`) and is restarted.
 
-Isolation: Faust reads with read_committed only under exactly_once. Under at_least_once the worker
-reads read_uncommitted, so it may also process records of a producer transaction that was later
-aborted. The CDC producer re-publishes such a window after its restart with the same events and the
-same LSNs (it resumes after its last committed offset), so the only effect is a duplicate clean
-record with an identical source position, which the sink's position guard ignores. (Not so for the
-polling fallback, PACS_ENABLE_CDC=false: its positions are per-scan and a re-scan emits nothing for
-a row that changed back meanwhile, so an aborted scan's event could reach the sink.)
+Isolation: the worker reads read_committed in every mode (:mod:`stream_processors.consumer`; Faust
+itself would read read_uncommitted under at_least_once). The CDC producer writes each window of
+events in one Kafka transaction with its position, so the processors never see an event of an
+aborted transaction (a producer killed mid-window, a failed commit): such an event may never be
+re-published (the row changed back meanwhile, the polling fallback re-scans), and would otherwise
+reach PostgreSQL. Evolved schemas (the producer's ``_schemas`` topic) are read read_committed too
+(:mod:`stream_processors.schema_topic`); the producer writes a schema in the transaction of the
+first events that use it.
+
+Offsets: Faust commits the acknowledged input offsets every ``PACS_PROCESSOR_COMMIT_INTERVAL_S``
+(0.5 s; Faust's default is 2.8 s) or ``PACS_PROCESSOR_COMMIT_EVERY`` events, past the producer's
+transaction markers in one step (:mod:`stream_processors.consumer`: Faust itself got past one
+transaction per partition per commit, so the committed offsets trailed processing by minutes).
+Faust's ``BROKER_*`` environment variables, if set, still override these settings.
 
 exactly_once (``PACS_PROCESSING_GUARANTEE=exactly_once``): the agents send every output through
 Faust's own producer (``app.topic(...).send``) and Faust commits the input offsets inside Kafka
@@ -61,20 +70,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from confluent_kafka import KafkaException, Producer
 from prometheus_client import CollectorRegistry
 
+from pacs_sync.errors import ErrorCode, PacsSyncError
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.metrics import ProcessorMetrics
 from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError
+from stream_processors.consumer import ProcessorApp
 from stream_processors.handling import TABLE_ENTITIES, EventHandler, Outcome, OutRecord
 from stream_processors.rules import OwnerShareLedger
+from stream_processors.schema_topic import SchemaTopicResolver
 from stream_processors.settings import ProcessorSettings
 
 logger = logging.getLogger(__name__)
@@ -88,6 +101,11 @@ def input_topic(settings: ProcessorSettings, table: str) -> str:
 def output_topic(settings: ProcessorSettings, entity: str) -> str:
     """The clean, log-compacted topic of an entity."""
     return f"{settings.clean_topic_prefix}.{entity}"
+
+
+def schemas_topic(settings: ProcessorSettings) -> str:
+    """The producer's compacted topic of evolved schemas (by fingerprint)."""
+    return f"{settings.topic_prefix}.{settings.db_name}._schemas"
 
 
 def dead_letter_topic(settings: ProcessorSettings) -> str:
@@ -180,7 +198,10 @@ def create_app(
 
     ``output`` and ``create_topics=False`` let agent tests run without a broker.
     """
-    codec = codec or AvroCodec(SchemaRegistry.from_package())
+    if codec is None:
+        # Shipped schemas, and the evolved ones the producer publishes after a capture-instance switch.
+        resolver = SchemaTopicResolver(settings.kafka_bootstrap_servers, schemas_topic(settings))
+        codec = AvroCodec(SchemaRegistry.from_package(resolver))
     metrics = metrics or ProcessorMetrics.create(CollectorRegistry())
     as_of = date.fromisoformat(settings.validation_as_of) if settings.validation_as_of else None
     # Faust keeps table state under datadir: inside the project's state dir, not the cwd. Faust
@@ -188,7 +209,7 @@ def create_app(
     # exist yet (a fresh checkout, a container, the benchmark's scratch directory) would not start.
     datadir = settings.state_dir.resolve() / "faust"
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    app = ProcessorApp(
         settings.processor_app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
@@ -199,6 +220,11 @@ def create_app(
         producer_linger=0.005,
         processing_guarantee=settings.processing_guarantee,
         datadir=str(datadir),
+        broker_commit_interval=settings.processor_commit_interval_s,
+        broker_commit_every=settings.processor_commit_every,
+        broker_session_timeout=settings.processor_session_timeout_s,
+        # Kafka's advice: at most a third of the session timeout (Faust's default, 3 s, otherwise).
+        broker_heartbeat_interval=min(3.0, settings.processor_session_timeout_s / 3),
     )
     if create_topics:
         _create_topics(settings)
@@ -260,6 +286,7 @@ def _create_topics(settings: ProcessorSettings) -> None:
     specs.append(TopicSpec(dead_letter_topic(settings), 1))
     # The producer creates its change topics; creating them here too lets the worker start first.
     specs += [TopicSpec(input_topic(settings, t), settings.output_partitions) for t in TABLE_ENTITIES]
+    specs.append(TopicSpec(schemas_topic(settings), 1, compacted=True))
     ensure_topics(settings.kafka_bootstrap_servers, specs)
 
 
@@ -319,13 +346,16 @@ def _agent(
                 # transaction a record joins. Waiting for the batch's deliveries before it is acked
                 # covers what Faust does not: it commits offsets without flushing its producer.
                 pending = []
-                for event in events:
-                    outcome = handle(event)
-                    for out in outcome.records:
-                        pending.append(await send(out))
-                    record(handler.entity, outcome)
-                if pending:
-                    await asyncio.gather(*pending)
+                try:
+                    for event in events:
+                        outcome = handle(event)
+                        for out in outcome.records:
+                            pending.append(await send(out))
+                        record(handler.entity, outcome)
+                    if pending:
+                        await asyncio.gather(*pending)
+                except Exception as exc:  # noqa: BLE001  (the batch must not be acked)
+                    abandon_batch(handler.entity, len(events), exc)
 
         return process_exactly_once
 
@@ -335,13 +365,55 @@ def _agent(
 
     async def process(stream: Any) -> None:
         async for events in batches(stream):
-            for event in events:
-                outcome = handle(event)
-                producer.send(outcome.records)
-                record(handler.entity, outcome)
-            producer.flush()  # outputs are in Kafka before Faust acks this batch
+            try:
+                for event in events:
+                    outcome = handle(event)
+                    producer.send(outcome.records)
+                    record(handler.entity, outcome)
+                producer.flush()  # outputs are in Kafka before Faust acks this batch
+            except Exception as exc:  # noqa: BLE001  (whatever failed, the batch must not be acked)
+                abandon_batch(handler.entity, len(events), exc)
 
     return process
+
+
+BATCH_FAILED_EXIT_CODE = 75
+"""The worker's exit status when a batch could not be completed (EX_TEMPFAIL: run it again)."""
+
+
+def abandon_batch(entity: str, events: int, exc: BaseException) -> NoReturn:
+    """Stop the worker at once, leaving the failed batch unacknowledged; never returns.
+
+    Faust acks a ``take_events`` batch when its body is left, by an exception too, and then restarts
+    only the agent: the batch's events would be committed without their outputs. Exiting the
+    process instead (as a ``kill -9`` would) commits nothing more; the supervisor (or systemd)
+    restarts the worker, which processes the batch again from the last committed offsets, and the
+    outputs already produced are re-emitted byte-identical (the sink's guard ignores them).
+    """
+    if isinstance(exc, PacsSyncError):
+        code = f"{exc.code.value}: "
+    elif isinstance(exc, KafkaException):
+        code = f"{ErrorCode.KAFKA_DELIVERY_FAILED.value}: "
+    else:
+        code = ""  # a defect: the traceback says where
+    logger.critical(
+        "%s%s batch of %d events failed (%s: %s); stopping the worker without acknowledging it, "
+        "it is processed again after the restart",
+        code,
+        entity,
+        events,
+        type(exc).__name__,
+        exc,
+        exc_info=exc,
+    )
+    _exit_now(BATCH_FAILED_EXIT_CODE)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without any cleanup (no Faust shutdown, hence no final commit)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()  # os._exit skips the logging module's own flush at exit
+    os._exit(code)
 
 
 def _transactional_sender(app: faust.App) -> Callable[[OutRecord], Awaitable[Any]]:

@@ -3,10 +3,19 @@
 No Kafka and no Faust here: bytes in, (topic, key, value, headers) out, so the agents stay thin and
 this is unit-tested directly. Output bytes depend only on the input event (no wall-clock fields in
 clean records), so a record re-emitted after a crash is byte-identical to its first emission.
+
+Dead letters always fit in a Kafka message: a letter keeps the original key and value whole up to
+:data:`ORIGINAL_BYTES_KEPT` bytes each and only their first ``ORIGINAL_BYTES_KEPT`` bytes beyond
+that, and violation texts are cut at :data:`VIOLATION_TEXT_KEPT` characters. Every letter says what
+the whole original was in its headers: ``original_value_length`` and ``original_value_sha256`` (hex)
+of the value, and ``original_key_length``/``original_key_sha256`` when it has a key; the original is
+shortened exactly when its length header exceeds the bytes kept. The letter's own message key is the
+(shortened) original key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +30,13 @@ from stream_processors.validation import process_event
 logger = logging.getLogger(__name__)
 
 DEAD_LETTER_SCHEMA = "io.terrafusion.pacs.DeadLetter"
+ORIGINAL_BYTES_KEPT = 65_536
+"""A dead letter keeps at most this many bytes of the original key, and as many of its value.
+
+Far above any PACS row's event (a few kB), far below the producers' 1,000,000-byte message limit
+even with both originals at this size and every violation text at its limit."""
+VIOLATION_TEXT_KEPT = 1_000
+"""Characters kept of a violation's message and offending value (longer ones end with "…")."""
 
 # PACS table -> (entity, output schema base name)
 TABLE_ENTITIES: dict[str, str] = {
@@ -131,20 +147,22 @@ class EventHandler:
         offset: int,
         source: Mapping[str, Any],
     ) -> OutRecord:
+        kept_key, key_headers = _kept_original("key", key)
+        kept_value, value_headers = _kept_original("value", value)
         letter = {
             "error_code": code.value,
             "topic": topic,
             "partition": partition,
             "offset": offset,
-            "key": key,
-            "value": value,
+            "key": kept_key,
+            "value": kept_value,
             "violations": [
                 {
                     "rule_id": v.rule_id,
                     "severity": v.severity,
                     "field": v.field,
-                    "message": v.message,
-                    "value": v.value,
+                    "message": _kept_text(v.message),
+                    "value": None if v.value is None else _kept_text(v.value),
                 }
                 for v in violations
             ],
@@ -159,5 +177,23 @@ class EventHandler:
             ("source_partition", str(partition).encode()),
             ("source_offset", str(offset).encode()),
             ("source_commit_lsn", str(source.get("commit_lsn") or "").encode()),
+            *key_headers,
+            *value_headers,
         )
-        return OutRecord(self.dlq_topic, key, self.codec.encode(DEAD_LETTER_SCHEMA, letter), headers)
+        return OutRecord(self.dlq_topic, kept_key, self.codec.encode(DEAD_LETTER_SCHEMA, letter), headers)
+
+
+def _kept_original(name: str, data: bytes | None) -> tuple[bytes | None, tuple[tuple[str, bytes], ...]]:
+    """What a dead letter keeps of an original key or value, and the headers describing the whole."""
+    if data is None:
+        return None, ()
+    data = bytes(data)
+    headers = (
+        (f"original_{name}_length", str(len(data)).encode()),
+        (f"original_{name}_sha256", hashlib.sha256(data).hexdigest().encode()),
+    )
+    return data[:ORIGINAL_BYTES_KEPT], headers
+
+
+def _kept_text(text: str) -> str:
+    return text if len(text) <= VIOLATION_TEXT_KEPT else text[: VIOLATION_TEXT_KEPT - 1] + "…"

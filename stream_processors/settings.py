@@ -34,3 +34,16 @@ class ProcessorSettings(PacsSettings):
     """Prometheus /metrics port of this worker (0: off)."""
     validation_as_of: str | None = None
     """ISO date that decides which owners are current (default: today)."""
+    processor_commit_interval_s: float = Field(default=0.5, gt=0, le=60)
+    """How often the worker commits the input offsets it has processed (Faust's
+    ``broker_commit_interval``, whose own default is 2.8 s). The committed offsets are what a restarted
+    worker resumes from and what ``sync --until-caught-up`` waits for: a worker killed re-processes
+    what it handled since the last commit (byte-identical outputs, which the sink ignores)."""
+    processor_commit_every: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Also commit after this many processed events, between two intervals (Faust's
+    ``broker_commit_every``)."""
+    processor_session_timeout_s: float = Field(default=60.0, ge=6, le=90)
+    """How long the group waits for a worker that stopped heart-beating (killed, frozen) before its
+    partitions go to another (Faust's ``broker_session_timeout``; the broker's minimum is 6 s and
+    Faust's request timeout, 90 s, the maximum). Lower means faster recovery after a kill, but a
+    worker blocked longer than this (a long flush) loses its partitions."""

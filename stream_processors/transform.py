@@ -102,7 +102,8 @@ def capitalize_word(word: str, upper_words: frozenset[str] = frozenset()) -> str
 
     ``TRI-CITIES`` → ``Tri-Cities``, ``O'BRIEN`` → ``O'Brien``, ``JOHN'S`` → ``John's``,
     ``MCDONALD`` → ``McDonald``, ``10TH`` → ``10th``, ``12B`` → ``12B``; a word in ``upper_words``
-    (compared without trailing ``.,;:``) is upper-cased.
+    (compared without trailing ``.,;:``) is upper-cased. No letter is dropped: a first character
+    whose title case is longer than one character expands (``ﬁsh`` → ``Fish``).
 
     Args:
         word: one blank-free word.
@@ -121,13 +122,15 @@ def capitalize_word(word: str, upper_words: frozenset[str] = frozenset()) -> str
     if "'" in word:
         head, _, tail = word.partition("'")
         if len(head) == 1 and tail:  # O'Brien, D'Angelo
-            return f"{head.upper()}'{capitalize_word(tail, upper_words)}"
+            return f"{head.title()}'{capitalize_word(tail, upper_words)}"
         return f"{capitalize_word(head, upper_words)}'{tail.lower()}"
     if word[0].isdigit():
         return upper.lower() if _ORDINAL.match(upper) else upper
     if len(upper) > 3 and upper.startswith("MC") and upper.isalpha():
         return f"Mc{upper[2]}{upper[3:].lower()}"
-    return upper[0] + word[1:].lower()
+    # The title case of the first character, not upper[0]: a character whose upper case is longer
+    # ("ﬁ" -> "FI", "ŉ" -> "ʼN") would lose the rest of it; .title() keeps every letter ("Fi", "ʼN").
+    return word[:1].title() + word[1:].lower()
 
 
 def _title_words(text: str, upper_words: frozenset[str]) -> str:

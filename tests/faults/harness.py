@@ -68,11 +68,6 @@ FAST_RECOVERY = {
     "BROKER_SESSION_TIMEOUT": "10",
     "BROKER_HEARTBEAT_INTERVAL": "1",
     "BROKER_REBALANCE_TIMEOUT": "10",
-    # Faust commits the processors' input offsets one producer transaction per partition per commit
-    # interval (2.8 s) on this transactional input (see RELIABILITY.md, "known problems"): committed
-    # offsets then trail processing by minutes and `sync --until-caught-up` waits for them. Committing
-    # every 0.5 s keeps the suite inside the CI time limit; the load run measures the default.
-    "BROKER_COMMIT_INTERVAL": "0.5",
     # Small snapshot chunks: many transactions, so a kill during the snapshot lands inside one.
     "PACS_SNAPSHOT_CHUNK_ROWS": "500",
     "PACS_POLL_INTERVAL_S": "0.2",

@@ -54,13 +54,6 @@ def test_churn_of_every_kind_dead_letters_no_valid_row(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the processors read the change topics read_uncommitted (Faust's consumer under "
-    "processing_guarantee=at_least_once), so events of a producer transaction that was aborted (a producer "
-    "killed mid-window, a retried window) are processed and written to PostgreSQL; "
-    "stream_processors/app.py create_app (the consumer's isolation level)",
-)
 @pytest.mark.timeout(300)
 def test_events_of_an_aborted_producer_transaction_never_reach_postgres(
     fault_pipeline: Callable[..., FaultPipeline],

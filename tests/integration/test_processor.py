@@ -58,6 +58,25 @@ class ProcessorRig:
             producer.produce(self.input_topic(table), key=key, value=value)
         assert producer.flush(30) == 0
 
+    def send_in_transactions(
+        self, table: str, records: Sequence[tuple[bytes | None, bytes | None]], per_transaction: int
+    ) -> None:
+        """As the CDC producer writes: Kafka transactions, each leaving a commit marker in its partitions."""
+        producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "transactional.id": f"{self.prefix}-{table}-{uuid.uuid4().hex[:6]}",
+                "compression.type": "lz4",
+                "linger.ms": 1,
+            }
+        )
+        producer.init_transactions(30)
+        for start in range(0, len(records), per_transaction):
+            producer.begin_transaction()
+            for key, value in records[start : start + per_transaction]:
+                producer.produce(self.input_topic(table), key=key, value=value)
+            producer.commit_transaction(30)
+
 
 def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None, dict[str, bytes]]]:
     consumer = Consumer(
@@ -358,3 +377,55 @@ def test_the_owner_share_ledger_survives_a_restart(rig: ProcessorRig) -> None:
     letter = CODEC.decode(dead[0][1]).value
     assert letter["violations"][0]["rule_id"] == "OWN-SET-OVER-100"
     assert len(read_all(rig.bootstrap, rig.output_topic("owners"))) == 1
+
+
+def test_committed_offsets_reach_the_end_soon_after_the_outputs_land(rig: ProcessorRig) -> None:
+    """Input in many small Kafka transactions (as the CDC producer writes it): once every output has
+    landed, the group's committed offsets reach the input's end within a few commit intervals."""
+    from pipeline.catchup import KafkaPositions
+
+    total, per_transaction = 3_000, 5
+    rig.send_in_transactions(
+        "PropertyValue",
+        [
+            (
+                key("PropertyValue", "PropertyValueID", i),
+                event("PropertyValue", "c", valuation_row(i), None, 10 + i),
+            )
+            for i in range(1, total + 1)
+        ],
+        per_transaction,
+    )
+    topic = rig.input_topic("PropertyValue")
+    env = {k: v for k, v in rig.env.items() if not k.startswith("BROKER_")}  # the product's settings
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pacs_sync", "processor"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    positions = KafkaPositions(rig.bootstrap)
+    try:
+        records = wait_for(rig, rig.output_topic("valuations"), total, timeout=180, distinct=True)
+        assert len({k for k, _v, _h in records}) == total
+        landed = time.monotonic()
+        ends = positions.data_ends([topic])
+        committed: dict[tuple[str, int], int] = {}
+        while time.monotonic() - landed < 60:
+            committed = positions.committed(env["PACS_PROCESSOR_APP_ID"], [topic])
+            if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
+                break
+            time.sleep(0.1)
+        trailing = time.monotonic() - landed
+    finally:
+        positions.close()
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=60)
+    behind = {tp: end - committed.get(tp, 0) for tp, end in ends.items()}
+    sys.stderr.write(
+        f"\n{total} events in {total // per_transaction} transactions: committed offsets reached the end "
+        f"{trailing:.1f} s after the last output landed (still behind: {behind})\n"
+    )
+    assert all(b <= 0 for b in behind.values()), (behind, err.decode(errors="replace")[-2000:])
+    # Commits every 0.5 s: a few intervals, not the minutes of Faust's default (problem 10).
+    assert trailing < 5.0

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from faust.topics import Topic
 from faust.types.tuples import FutureMessage
 from prometheus_client import CollectorRegistry
 
 from pacs_sync.metrics import ProcessorMetrics
 from schemas.codec import AvroCodec, SchemaRegistry
+from stream_processors import app as app_module
 from stream_processors.app import create_app
 from stream_processors.handling import OutRecord
 from stream_processors.settings import ProcessorSettings
@@ -184,3 +187,49 @@ def test_exactly_once_agent_emits_the_same_records_through_faust(monkeypatch: py
     assert [_comparable(r) for r in published] == [_comparable(r) for r in output.sent]
     clean = [r for r in published if r.topic == "tf.properties"]
     assert clean == [r for r in output.sent if r.topic == "tf.properties"]  # byte-identical
+
+
+class _Exited(BaseException):
+    """Stands in for the end of the process (BaseException: nothing in Faust's path may swallow it)."""
+
+
+class FailingOutput(CapturingOutput):
+    """Delivery of the batch's outputs fails (e.g. a record the broker refuses)."""
+
+    def flush(self) -> None:
+        self.flushes += 1
+        raise KafkaException("output delivery failed: Broker: Message size too large")
+
+
+def test_a_batch_whose_outputs_fail_stops_the_worker_unacknowledged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Faust acks a batch whose body raised and restarts only the agent; the worker must exit instead."""
+    exits: list[int] = []
+
+    def exit_now(code: int) -> None:
+        exits.append(code)
+        raise _Exited(code)
+
+    monkeypatch.setattr(app_module, "_exit_now", exit_now)
+    output = FailingOutput()
+    with contextlib.suppress(_Exited):
+        _run_property_batch(
+            ProcessorSettings(processor_app_id="unit-fail", metrics_port=0, clean_topic_prefix="tf"), output
+        )
+    assert exits == [app_module.BATCH_FAILED_EXIT_CODE]
+    assert output.flushes == 1
+    assert any(
+        "PACS-010: properties batch of 4 events failed" in r.getMessage() and r.levelname == "CRITICAL"
+        for r in caplog.records
+    )
+
+
+def test_the_processors_read_evolved_schemas_where_the_producer_writes_them() -> None:
+    from producer.runner import schemas_topic as producer_schemas_topic
+    from producer.settings import ProducerSettings
+
+    common = {"topic_prefix": "tfx", "db_name": "pacs_benton"}
+    assert app_module.schemas_topic(ProcessorSettings.model_validate(common)) == producer_schemas_topic(
+        ProducerSettings.model_validate(common)
+    )

@@ -82,12 +82,33 @@ def test_owner_names(raw: str, expected: str) -> None:
         ("21ST", "21st"),
         ("12B", "12B"),
         ("ÉLODIE", "Élodie"),
+        ("ﬁsh", "Fish"),  # a ligature whose upper case is two letters expands, loses none
+        ("ﬂOWERS", "Flowers"),
+        ("ŉ", "ʼN"),
+        ("o'ﬁsh", "O'Fish"),
+        ("MCﬁsh", "McFish"),
         ("", ""),
         ("...", "..."),
     ],
 )
 def test_capitalize_word(word: str, expected: str) -> None:
     assert capitalize_word(word) == expected
+
+
+# Every character whose upper or title case is not a single character (ligatures, ß, ŉ, ΐ…): the
+# ones a "first character upper-cased" rule truncates.
+_MULTI_CHARACTER_CASES = [
+    c for c in map(chr, range(0x80, 0x30000)) if len(c.upper()) > 1 or len(c.title()) > 1
+]
+
+
+def test_title_casing_keeps_every_letter_of_words_starting_with_special_cased_characters() -> None:
+    assert len(_MULTI_CHARACTER_CASES) > 100  # the set is what it claims to be
+    for first in _MULTI_CHARACTER_CASES:
+        for word in (first, f"{first}SH", f"{first}sh", f"X{first}"):
+            result = capitalize_word(word)
+            assert result.casefold() == word.casefold(), (word, result)
+    assert normalize_owner_name("ﬁsh and chips llc") == "Fish and Chips LLC"
 
 
 @pytest.mark.parametrize(
