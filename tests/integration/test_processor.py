@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from schemas.codec import AvroCodec, SchemaRegistry
@@ -92,7 +92,10 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | Non
         if topic not in metadata.topics or not metadata.topics[topic].partitions:
             return []
         partitions = [TopicPartition(topic, p, 0) for p in metadata.topics[topic].partitions]
-        ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        try:
+            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions}
+        except KafkaException:
+            return []  # a just-created topic whose leader is not elected yet: the callers poll again
         consumer.assign(partitions)
         out: list[tuple[bytes | None, bytes | None, dict[str, bytes]]] = []
         deadline = time.monotonic() + 30
