@@ -43,7 +43,7 @@ from producer.publisher import TransactionalPublisher, read_last_value
 from producer.requests import clear_request, pending_resnapshot, request_file
 from producer.settings import ProducerSettings, SnapshotMode
 from producer.source import CaptureInstance, CdcSource
-from producer.stream import Segment, fold_updates, releasable
+from producer.stream import Segment, check_idle, fold_updates, releasable
 from schemas.codec import AvroCodec, SchemaRegistry
 
 logger = logging.getLogger(__name__)
@@ -395,9 +395,11 @@ class ProducerRunner:
         """One streaming window. Returns True if any change was published.
 
         Order of a window: (1) find the window's upper bound (at most N transactions past the
-        position); (2) check retention for every capture instance in use; (3) page and merge the
-        change tables; (4) commit events and the new position in one Kafka transaction (several
-        for very large windows, each ending at a change position).
+        position; an idle poll moves the position only up to a high-water mark read before it
+        looked for new transactions, so a transaction captured meanwhile is never jumped over);
+        (2) check retention for every capture instance in use; (3) page and merge the change
+        tables; (4) commit events and the new position in one Kafka transaction (several for very
+        large windows, each ending at a change position).
         """
         if self._source is None:
             self._reconnect()
@@ -405,12 +407,13 @@ class ProducerRunner:
         started = time.perf_counter()
         try:
             position = self.offset.position
+            # The high-water mark first, then the newest transaction: see check_idle.
+            high_water = source.max_lsn()
             last_tx = source.max_transaction_lsn()
             self._more_pending = False
-            if last_tx is None or (
-                position is not None and position.transaction_complete and last_tx <= position.commit_lsn
-            ):
-                self._idle(position)
+            idle = check_idle(position, high_water, last_tx)
+            if idle.idle or last_tx is None:  # (check_idle is idle without a transaction)
+                self._idle(idle.advance_to, high_water)
                 return False
             after = (
                 Lsn.zero()
@@ -685,21 +688,23 @@ class ProducerRunner:
         if committed is not None:
             self.metrics.source_lag.set(max((datetime.now(tz=UTC) - committed).total_seconds(), 0.0))
 
-    def _idle(self, position: SourcePosition | None) -> None:
-        """No new transactions: follow the high-water mark and publish a heartbeat now and then."""
+    def _idle(self, advance_to: SourcePosition | None, high_water: Lsn | None) -> None:
+        """No new transactions: follow the checked high-water mark, publish a heartbeat now and then.
+
+        ``advance_to`` comes from :func:`~producer.stream.check_idle`: no real transaction lies
+        between the position and it, so moving there skips nothing; it keeps CDC cleanup, which
+        counts idle dummy rows too, from ever passing a caught-up producer.
+        """
         self.metrics.source_lag.set(0.0)
-        max_lsn = self.source.max_lsn()
-        if position is not None and max_lsn is not None and max_lsn > position.commit_lsn:
-            # No real transaction lies between: moving the position up keeps CDC cleanup, which
-            # counts idle dummy rows too, from ever passing a caught-up producer.
-            self.offset = self.offset.advanced(SourcePosition(max_lsn))
+        if advance_to is not None:
+            self.offset = self.offset.advanced(advance_to)
         now = time.monotonic()
         if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
             return
         self._last_heartbeat = now
         beat = {
             "db": self.settings.db_name,
-            "commit_lsn": None if max_lsn is None else str(max_lsn),
+            "commit_lsn": None if high_water is None else str(high_water),
             "ts_ms": datetime.now(tz=UTC),
         }
         self.publisher.begin()
