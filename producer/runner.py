@@ -34,6 +34,7 @@ from pacs_sync.errors import PacsSyncError, RetriableError
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.lsn import Lsn, SourcePosition
 from pacs_sync.metrics import ProducerMetrics, serve
+from pacs_sync.sweeps import Sweep, chunk_sweeps, sweeps_topic
 from producer.errors import (
     CdcNotEnabledError,
     RetentionExceededError,
@@ -190,6 +191,7 @@ class ProducerRunner:
             TopicSpec(offsets_topic(self.settings), 1, compacted=True),
             TopicSpec(heartbeat_topic(self.settings), 1),
             TopicSpec(schemas_topic(self.settings), 1, compacted=True),
+            TopicSpec(sweeps_topic(self.settings.topic_prefix, self.settings.db_name), 1),
         ]
         ensure_topics(self.settings.kafka_bootstrap_servers, specs)
         transactional_id = f"pacs-sync-producer.{self.settings.topic_prefix}.{self.settings.db_name}"
@@ -415,7 +417,14 @@ class ProducerRunner:
         logger.info("snapshot complete: %s", self.summary.snapshot_rows)
 
     def _publish_snapshot_chunk(
-        self, table: str, mapping: TableMapping, rows: list[tuple[Any, ...]], lsn: Lsn, *, final: bool
+        self,
+        table: str,
+        mapping: TableMapping,
+        rows: list[tuple[Any, ...]],
+        lsn: Lsn,
+        *,
+        final: bool,
+        sweeps: list[Sweep] | None = None,
     ) -> None:
         topic = topic_name(self.settings, table)
         key_schema, value_schema = self._schema_names(table)
@@ -446,6 +455,7 @@ class ProducerRunner:
                 encode(key_schema, {key_field: values[0]}),
                 encode(value_schema, envelope("r", None, record, source, now)),
             )
+        self._produce_sweeps(sweeps or [])
         self._produce_offset()
         self._commit()
         self.metrics.snapshot_rows.labels(mapping.entity).inc(len(rows))
@@ -454,6 +464,11 @@ class ProducerRunner:
 
     def _schema_names(self, table: str) -> tuple[str, str]:
         return f"pacs.dbo.{table}Key", f"pacs.dbo.{table}Envelope"
+
+    def _produce_sweeps(self, sweeps: list[Sweep]) -> None:
+        topic = sweeps_topic(self.settings.topic_prefix, self.settings.db_name)
+        for sweep in sweeps:
+            self.publisher.produce(topic, sweep.entity.encode(), sweep.to_json())
 
     def _produce_offset(self) -> None:
         self.publisher.produce(
@@ -580,6 +595,10 @@ class ProducerRunner:
 
         Other tables keep streaming from the saved position. A crash during the re-snapshot repeats
         it after the restart (snapshot events are idempotent at the sink: same rows, same position).
+
+        Rows the source no longer has (deleted while their changes were lost) are removed by the
+        sweeps (:mod:`pacs_sync.sweeps`) committed with each chunk: together they list every key the
+        table had, so the sink turns the target's other, older rows into delete markers.
         """
         lsn = self.source.max_lsn() or Lsn.zero()
         mapping = self.mappings[table]
@@ -593,11 +612,15 @@ class ProducerRunner:
             if not more:
                 floors = {**self.offset.table_floors, table: lsn}
                 self.offset = replace(self.offset, table_floors=floors)
+            sweeps = chunk_sweeps(
+                mapping.entity, table, lsn, last_key, [row[0] for row in rows], last=not more
+            )
             if rows:
                 last_key = rows[-1][0]
-                self._publish_snapshot_chunk(table, mapping, rows, lsn, final=not more)
+                self._publish_snapshot_chunk(table, mapping, rows, lsn, final=not more, sweeps=sweeps)
             elif not more:
                 self.publisher.begin()
+                self._produce_sweeps(sweeps)
                 self._produce_offset()
                 self._commit()
             if not more:

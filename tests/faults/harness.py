@@ -40,6 +40,7 @@ from pacs_sync.settings import PacsSettings
 from pacs_sync.sim.emulator import EmulatorAdmin
 from pacs_sync.stack import LocalStack
 from pacs_sync.stack.postgres import connection_kwargs
+from pacs_sync.sweeps import sweeps_topic
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("Property", "PropertyOwner", "PropertyValue", "Structure")
@@ -245,6 +246,11 @@ class FaultPipeline:
     def offsets_topic(self) -> str:
         """The producer's position topic (written in the same transactions as the events)."""
         return f"pacs.{self.db_name}._offsets"
+
+    @property
+    def sweeps_topic(self) -> str:
+        """The producer's re-snapshot sweeps (read by the sink with the clean topics)."""
+        return sweeps_topic("pacs", self.db_name)
 
     def clean_topics(self) -> list[str]:
         """The processors' clean topics."""
@@ -832,8 +838,11 @@ class FaultPipeline:
             what="the re-keyed owners",
         )
 
+        sweep_ends = self.data_ends([self.sweeps_topic])  # complete: the producer has published
+
         def written() -> bool:
             ends = self.offsets(self.clean_topics(), committed_only=True)
+            ends.update(sweep_ends)
             done = self.sink_offsets()
             return all(done.get(tp, 0) >= end for tp, end in ends.items())
 
