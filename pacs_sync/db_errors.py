@@ -43,11 +43,31 @@ _TIMEOUT_SQLSTATES = frozenset({"57014"})
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
 
 
-def _is_connect_failure(exc: BaseException) -> bool:
-    # pg8000 raises InterfaceError("Can't create a connection …") with no SQLSTATE; OSError covers
-    # refused and reset sockets seen through other drivers.
-    text = str(exc)
-    return isinstance(exc, OSError | TimeoutError) or "create a connection" in text or "timed out" in text
+# Lost or refused connections that carry no SQLSTATE. pg8000 raises InterfaceError("network error")
+# when a socket read or write fails mid-session, "communication error" for a unix socket,
+# "connection is closed" on the next use of a connection it closed, and "Can't create a connection"
+# when it cannot connect; a raw OSError (reset, timeout) can escape its first socket read. pyodbc
+# always carries a SQLSTATE (08S01, 08001, HYT00… from FreeTDS and Microsoft's driver alike), which
+# classify_sqlstate handles.
+_LOST_CONNECTION_TEXTS = (
+    "network error",
+    "communication error",
+    "connection is closed",
+    "create a connection",
+    "timed out",
+)
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether a driver exception without a SQLSTATE means the server could not be reached or the
+    connection dropped (rather than a statement failing on a live connection)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError | TimeoutError):
+            return True
+        seen = seen.__cause__
+    text = str(exc).lower()
+    return any(marker.lower() in text for marker in _LOST_CONNECTION_TEXTS)
 
 
 def translate_db_error(exc: BaseException, *, server: str, **context: Any) -> PacsSyncError:
@@ -67,7 +87,7 @@ def translate_db_error(exc: BaseException, *, server: str, **context: Any) -> Pa
             server=server,
             **context,
         )
-    if code is ErrorCode.CONNECTION_UNAVAILABLE or (state is None and _is_connect_failure(exc)):
+    if code is ErrorCode.CONNECTION_UNAVAILABLE or (state is None and is_connection_lost(exc)):
         return RetriableError(
             f"cannot reach {server}: {detail}",
             code=ErrorCode.CONNECTION_UNAVAILABLE,

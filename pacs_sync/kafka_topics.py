@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -54,5 +55,30 @@ def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec]) -> list[str]:
                 raise RetriableError(
                     f"cannot create topic {name}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED
                 ) from exc
+    _wait_until_visible(admin, [s.name for s in wanted])
     logger.info("created topics: %s", ", ".join(s.name for s in wanted))
     return [s.name for s in wanted]
+
+
+def _wait_until_visible(admin: AdminClient, names: list[str]) -> None:
+    """Wait until the broker's metadata lists every topic with a leader for each partition.
+
+    A consumer subscribing to several topics while only some are visible gets those assigned and
+    notices the others only at its next metadata refresh (5 minutes by default): a stage that
+    creates its topics and subscribes right away must not see a half-created set.
+    """
+    deadline = time.monotonic() + _TIMEOUT_S
+    while True:
+        try:
+            topics = admin.list_topics(timeout=_TIMEOUT_S).topics
+        except KafkaException:
+            topics = {}
+        ready = all(
+            name in topics
+            and topics[name].partitions
+            and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name in names
+        )
+        if ready or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)

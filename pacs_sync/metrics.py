@@ -50,6 +50,7 @@ class ProducerMetrics:
     snapshot_progress: Gauge
     errors: Counter
     transactions: Counter
+    source_up: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> ProducerMetrics:
@@ -97,6 +98,11 @@ class ProducerMetrics:
                 "pacs_sync_producer_kafka_transactions",
                 "Kafka transactions committed",
                 [Label.PHASE],
+                registry=registry,
+            ),
+            source_up=Gauge(
+                "pacs_sync_producer_source_up",
+                "1 while the PACS source answers, 0 while the producer cannot reach it (retrying, PACS-001)",
                 registry=registry,
             ),
         )

@@ -19,6 +19,7 @@ from pacs_sync.errors import ErrorCode, FatalError, RetriableError
 from pacs_sync.lsn import Lsn
 from pacs_sync.metrics import SupervisorMetrics
 from pacs_sync.stack.processes import is_running, read_pid
+from pacs_sync.sweeps import sweeps_topic
 from pipeline.catchup import (
     TABLE_ENTITIES,
     KafkaPositions,
@@ -187,6 +188,14 @@ class SyncUntilCaughtUp:
             )
             clean_ends = kafka.data_ends(clean_topics.values())
             self._wait(stop, deadline, "the sink", lambda: self._written(clean_start, clean_ends, state))
+            # A re-snapshot's sweeps (rows the source no longer has) reach the sink on their own topic.
+            sweep_ends = kafka.data_ends([sweeps_topic(self.settings.topic_prefix, self.settings.db_name)])
+            self._wait(
+                stop,
+                deadline,
+                "the sink's re-snapshot sweeps",
+                lambda: not behind(sink_offsets(self.settings), sweep_ends),
+            )
             seconds = time.monotonic() - started
             events = kafka.count_records(change_topics.values(), change_start)
             invalid = kafka.count_records([dlq_topic(self.settings)], dlq_start, header="source_topic")

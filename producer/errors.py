@@ -5,6 +5,12 @@ from __future__ import annotations
 from pacs_sync.errors import ConfigurationError, ErrorCode, FatalError, RetriableError
 
 
+class SourceUnavailableError(RetriableError):
+    """The PACS source cannot be reached, or its connection was lost (PACS-001): reconnect and retry."""
+
+    code = ErrorCode.CONNECTION_UNAVAILABLE
+
+
 class MappingError(ConfigurationError):
     """The column-mapping file is unreadable or names unknown tables or fields."""
 

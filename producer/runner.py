@@ -17,16 +17,30 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
 
-from pacs_sync.errors import RetriableError
+from pacs_sync.errors import PacsSyncError, RetriableError
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.lsn import Lsn, SourcePosition
 from pacs_sync.metrics import ProducerMetrics, serve
-from producer.errors import CdcNotEnabledError, RetentionExceededError, SchemaMismatchError
+from pacs_sync.sweeps import Sweep, chunk_sweeps, sweeps_topic
+from producer.errors import (
+    CdcNotEnabledError,
+    RetentionExceededError,
+    SchemaMismatchError,
+    SourceUnavailableError,
+)
 from producer.evolution import Converter, avro_type_for, convert_extra, evolved_envelope
 from producer.mapping import (
     TABLES,
@@ -43,7 +57,7 @@ from producer.publisher import TransactionalPublisher, read_last_value
 from producer.requests import clear_request, pending_resnapshot, request_file
 from producer.settings import ProducerSettings, SnapshotMode
 from producer.source import CaptureInstance, CdcSource
-from producer.stream import Segment, fold_updates, releasable
+from producer.stream import Segment, check_idle, fold_updates, releasable
 from schemas.codec import AvroCodec, SchemaRegistry
 
 logger = logging.getLogger(__name__)
@@ -51,6 +65,10 @@ logger = logging.getLogger(__name__)
 OFFSET_SCHEMA = "io.terrafusion.pacs.SourceOffset"
 HEARTBEAT_SCHEMA = "io.terrafusion.pacs.Heartbeat"
 _MAX_EVENTS_PER_TRANSACTION = 50_000
+_START_UP_RETRY_S = 120.0
+"""Start-up gives up (exit PACS-001/PACS-010) after this long; a running producer retries forever."""
+
+T = TypeVar("T")
 
 
 def topic_name(settings: ProducerSettings, table: str) -> str:
@@ -103,8 +121,13 @@ class ProducerRunner:
         self._source: CdcSource | None = None
         self._publisher: TransactionalPublisher | None = None
         self.offset = SourceOffset()
+        self._committed_offset = SourceOffset()
+        """The offset of the last committed Kafka transaction: where an in-process retry resumes."""
+        self._offset_in_transaction: SourceOffset | None = None
         self.summary = RunSummary()
         self._offset_key = f"{settings.topic_prefix}.{settings.db_name}".encode()  # see committed_offset
+        self.retry_wait: Callable[[RetryCallState], float] = wait_exponential(multiplier=0.5, max=30)
+        """Backoff between in-process retries (see :meth:`_retry`)."""
         self._last_heartbeat = 0.0
         self._last_headroom = 0.0
         self._more_pending = False
@@ -117,8 +140,20 @@ class ProducerRunner:
     def source(self) -> CdcSource:
         """The open source connection (after :meth:`start`)."""
         if self._source is None:
-            raise RetriableError("the PACS source is not connected")
+            raise SourceUnavailableError("the PACS source is not connected")
         return self._source
+
+    def _ensure_source(self) -> CdcSource:
+        """The source connection, opened if there is none (after a lost connection)."""
+        if self._source is None:
+            self._source = self._source_factory(self.settings)
+            self.metrics.source_up.set(1)
+        return self._source
+
+    def _drop_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
 
     @property
     def publisher(self) -> TransactionalPublisher:
@@ -129,26 +164,21 @@ class ProducerRunner:
 
     # ---- start-up ----
 
-    def start(self) -> None:
+    def start(self, stop: threading.Event | None = None) -> None:
         """Connect, check CDC and the mapping, create topics, fence older producers, load the offset.
 
-        An unreachable source or broker is retried with exponential backoff (up to ~2 minutes);
-        wrong credentials, a missing capture instance or a mapping mismatch stop at once.
+        An unreachable source or broker is retried with exponential backoff for up to ~2 minutes
+        (every retry counted, see :meth:`_retry`); wrong credentials, a missing capture instance or a
+        mapping mismatch stop at once.
         """
-        for attempt in Retrying(
-            retry=retry_if_exception_type(RetriableError),
-            wait=wait_exponential(multiplier=0.5, max=30),
-            stop=stop_after_delay(120),
-            before_sleep=lambda state: logger.warning(
-                "start-up: %s; retrying", state.outcome.exception() if state.outcome else "failed"
-            ),
-            reraise=True,
-        ):
-            with attempt:
-                self._start_once()
+        self._retry(stop or threading.Event(), self._start_once, give_up_after=_START_UP_RETRY_S)
 
     def _start_once(self) -> None:
-        self._source = self._source_factory(self.settings)
+        self._drop_source()
+        if self._publisher is not None:  # left by a failed attempt
+            self._publisher.close()
+            self._publisher = None
+        self._ensure_source()
         if not self.source.cdc_enabled():
             raise CdcNotEnabledError(
                 f"CDC is not enabled on database {self.settings.db_name!r}: a sysadmin runs "
@@ -161,6 +191,7 @@ class ProducerRunner:
             TopicSpec(offsets_topic(self.settings), 1, compacted=True),
             TopicSpec(heartbeat_topic(self.settings), 1),
             TopicSpec(schemas_topic(self.settings), 1, compacted=True),
+            TopicSpec(sweeps_topic(self.settings.topic_prefix, self.settings.db_name), 1),
         ]
         ensure_topics(self.settings.kafka_bootstrap_servers, specs)
         transactional_id = f"pacs-sync-producer.{self.settings.topic_prefix}.{self.settings.db_name}"
@@ -171,6 +202,7 @@ class ProducerRunner:
         if raw is not None:
             self.offset = SourceOffset.from_record(self.codec.decode(raw).value)
             logger.info("resuming from %s", self.offset.position or "an unfinished snapshot")
+        self._committed_offset = self.offset
 
     def instances_by_table(self) -> dict[str, list[CaptureInstance]]:
         """Capture instances of the mapped tables (oldest first), checked against the mapping.
@@ -202,15 +234,13 @@ class ProducerRunner:
     def run(self, stop: threading.Event, *, until_caught_up: bool = False) -> RunSummary:
         """Snapshot if needed, then stream until ``stop`` (or, with ``until_caught_up``, until current)."""
         started = time.monotonic()
-        self.start()
-        target = self.source.max_lsn() if until_caught_up else None
-        self.source.end_read()
+        self.start(stop)
+        target = self._retry(stop, self._high_water) if until_caught_up else None
         if self._needs_snapshot():
-            self.snapshot(stop)
+            self._retry(stop, lambda: self.snapshot(stop))
         idle_sleep = self.settings.min_poll_interval_s
         while not stop.is_set():
-            self._serve_resnapshot_request()
-            moved = self._poll_with_retry(stop)
+            moved = bool(self._retry(stop, self._poll_step))
             if until_caught_up and self._caught_up(target):
                 break
             if self._more_pending:
@@ -223,6 +253,16 @@ class ProducerRunner:
             stop.wait(idle_sleep)
         self.summary.seconds = time.monotonic() - started
         return self.summary
+
+    def _high_water(self) -> Lsn | None:
+        high_water = self._ensure_source().max_lsn()
+        self.source.end_read()
+        return high_water
+
+    def _poll_step(self) -> bool:
+        self._ensure_source()
+        self._serve_resnapshot_request()
+        return self.poll()
 
     def _serve_resnapshot_request(self) -> None:
         """Re-publish the tables an operator asked for (:mod:`producer.requests`), then drop the request."""
@@ -253,29 +293,64 @@ class ProducerRunner:
         if self._source is not None:
             self._source.close()
 
-    def _poll_with_retry(self, stop: threading.Event) -> bool:
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                return self.poll()
-            except RetriableError as exc:
-                self.metrics.errors.labels(exc.code.value).inc()
-                if self._publisher is not None:
-                    self._publisher.abort()
-                logger.warning("%s; retrying in %.1f s", exc, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                self._reconnect()
-        return False
+    def _retry(
+        self, stop: threading.Event, action: Callable[[], T], *, give_up_after: float | None = None
+    ) -> T | None:
+        """Run ``action``, retrying it in-process after a :class:`RetriableError`.
 
-    def _reconnect(self) -> None:
-        if self._source is not None:
-            self._source.close()
+        Backoff is exponential, 0.5 s doubling up to 30 s, until the action succeeds, ``stop`` is
+        set (then None is returned) or ``give_up_after`` seconds have passed (then the last error is
+        raised). Between attempts :meth:`_before_retry` counts the error and undoes the failed
+        attempt, so a retry resumes from the last committed offset: nothing is skipped and nothing
+        committed is repeated. Fatal errors are raised at once.
+        """
+        rule: stop_base = stop_when_event_set(stop)
+        if give_up_after is not None:
+            rule = rule | stop_after_delay(give_up_after)
+
+        def sleep(seconds: float) -> None:
+            stop.wait(seconds)  # a stop request ends the backoff at once
+
         try:
-            self._source = self._source_factory(self.settings)
-        except RetriableError as exc:
-            logger.warning("reconnect failed: %s", exc)
-            self._source = None
+            for attempt in Retrying(
+                retry=retry_if_exception_type(RetriableError),
+                wait=self.retry_wait,
+                stop=rule,
+                sleep=sleep,
+                before_sleep=self._before_retry,
+                reraise=True,
+            ):
+                with attempt:
+                    if stop.is_set():
+                        return None
+                    return action()
+        except RetriableError:
+            if stop.is_set():
+                return None
+            raise
+        return None
+
+    def _before_retry(self, state: RetryCallState) -> None:
+        """Count a failed attempt, log it, and undo what it left half-done.
+
+        The error is counted in ``pacs_sync_producer_errors_total`` by code (start-up included); a
+        source error sets ``pacs_sync_producer_source_up`` to 0. The open Kafka transaction is
+        aborted, the offset goes back to the one last committed (the attempt may have moved it past
+        events it never committed), and the source connection is dropped: the next attempt opens a
+        new one.
+        """
+        exc = state.outcome.exception() if state.outcome is not None else None
+        code = exc.code.value if isinstance(exc, PacsSyncError) else "unknown"
+        self.metrics.errors.labels(code).inc()
+        if isinstance(exc, SourceUnavailableError):
+            self.metrics.source_up.set(0)
+        if self._publisher is not None:
+            self._publisher.abort()
+        self._offset_in_transaction = None
+        self.offset = self._committed_offset
+        self._drop_source()
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning("%s; retrying in %.1f s", exc, delay)
 
     # ---- snapshot ----
 
@@ -292,7 +367,7 @@ class ProducerRunner:
         strictly after L0. Chunks read later may already reflect changes after L0; streaming replays
         those changes in order, and the sink keeps the newest by position, so the end state is exact.
         """
-        source, publisher = self.source, self.publisher
+        source, publisher = self._ensure_source(), self.publisher
         snapshot_lsn = self.offset.snapshot_lsn or source.max_lsn() or Lsn.zero()
         self.offset = SourceOffset(
             snapshot_lsn=snapshot_lsn,
@@ -338,11 +413,18 @@ class ProducerRunner:
         )
         publisher.begin()
         self._produce_offset()
-        publisher.commit()
+        self._commit()
         logger.info("snapshot complete: %s", self.summary.snapshot_rows)
 
     def _publish_snapshot_chunk(
-        self, table: str, mapping: TableMapping, rows: list[tuple[Any, ...]], lsn: Lsn, *, final: bool
+        self,
+        table: str,
+        mapping: TableMapping,
+        rows: list[tuple[Any, ...]],
+        lsn: Lsn,
+        *,
+        final: bool,
+        sweeps: list[Sweep] | None = None,
     ) -> None:
         topic = topic_name(self.settings, table)
         key_schema, value_schema = self._schema_names(table)
@@ -375,8 +457,9 @@ class ProducerRunner:
                 encode(value_schema, envelope("r", None, record, source, now)),
                 partition=mapping.partition(record, partitions),
             )
+        self._produce_sweeps(sweeps or [])
         self._produce_offset()
-        self.publisher.commit()
+        self._commit()
         self.metrics.snapshot_rows.labels(mapping.entity).inc(len(rows))
         self.metrics.events.labels(mapping.entity, "r").inc(len(rows))
         self.metrics.transactions.labels("snapshot").inc()
@@ -384,12 +467,29 @@ class ProducerRunner:
     def _schema_names(self, table: str) -> tuple[str, str]:
         return f"pacs.dbo.{table}Key", f"pacs.dbo.{table}Envelope"
 
+    def _produce_sweeps(self, sweeps: list[Sweep]) -> None:
+        topic = sweeps_topic(self.settings.topic_prefix, self.settings.db_name)
+        for sweep in sweeps:
+            self.publisher.produce(topic, sweep.entity.encode(), sweep.to_json())
+
     def _produce_offset(self) -> None:
         self.publisher.produce(
             offsets_topic(self.settings),
             self._offset_key,
             self.codec.encode(OFFSET_SCHEMA, self.offset.to_record()),
         )
+        self._offset_in_transaction = self.offset
+
+    def _commit(self) -> None:
+        """Commit the open Kafka transaction; the offset it carries becomes the retry point.
+
+        Raises:
+            KafkaPublishError: the transaction was aborted; the retry point stays where it was.
+        """
+        self.publisher.commit()
+        if self._offset_in_transaction is not None:
+            self._committed_offset = self._offset_in_transaction
+            self._offset_in_transaction = None
 
     # ---- streaming ----
 
@@ -397,22 +497,23 @@ class ProducerRunner:
         """One streaming window. Returns True if any change was published.
 
         Order of a window: (1) find the window's upper bound (at most N transactions past the
-        position); (2) check retention for every capture instance in use; (3) page and merge the
-        change tables; (4) commit events and the new position in one Kafka transaction (several
-        for very large windows, each ending at a change position).
+        position; an idle poll moves the position only up to a high-water mark read before it
+        looked for new transactions, so a transaction captured meanwhile is never jumped over);
+        (2) check retention for every capture instance in use; (3) page and merge the change
+        tables; (4) commit events and the new position in one Kafka transaction (several for very
+        large windows, each ending at a change position).
         """
-        if self._source is None:
-            self._reconnect()
-        source = self.source
+        source = self._ensure_source()
         started = time.perf_counter()
         try:
             position = self.offset.position
+            # The high-water mark first, then the newest transaction: see check_idle.
+            high_water = source.max_lsn()
             last_tx = source.max_transaction_lsn()
             self._more_pending = False
-            if last_tx is None or (
-                position is not None and position.transaction_complete and last_tx <= position.commit_lsn
-            ):
-                self._idle(position)
+            idle = check_idle(position, high_water, last_tx)
+            if idle.idle or last_tx is None:  # (check_idle is idle without a transaction)
+                self._idle(idle.advance_to, high_water)
                 return False
             after = (
                 Lsn.zero()
@@ -496,6 +597,10 @@ class ProducerRunner:
 
         Other tables keep streaming from the saved position. A crash during the re-snapshot repeats
         it after the restart (snapshot events are idempotent at the sink: same rows, same position).
+
+        Rows the source no longer has (deleted while their changes were lost) are removed by the
+        sweeps (:mod:`pacs_sync.sweeps`) committed with each chunk: together they list every key the
+        table had, so the sink turns the target's other, older rows into delete markers.
         """
         lsn = self.source.max_lsn() or Lsn.zero()
         mapping = self.mappings[table]
@@ -509,13 +614,17 @@ class ProducerRunner:
             if not more:
                 floors = {**self.offset.table_floors, table: lsn}
                 self.offset = replace(self.offset, table_floors=floors)
+            sweeps = chunk_sweeps(
+                mapping.entity, table, lsn, last_key, [row[0] for row in rows], last=not more
+            )
             if rows:
                 last_key = rows[-1][0]
-                self._publish_snapshot_chunk(table, mapping, rows, lsn, final=not more)
+                self._publish_snapshot_chunk(table, mapping, rows, lsn, final=not more, sweeps=sweeps)
             elif not more:
                 self.publisher.begin()
+                self._produce_sweeps(sweeps)
                 self._produce_offset()
-                self.publisher.commit()
+                self._commit()
             if not more:
                 break
         logger.info("re-snapshot of %s complete at LSN %s", table, lsn)
@@ -577,7 +686,7 @@ class ProducerRunner:
                 if in_transaction >= _MAX_EVENTS_PER_TRANSACTION:
                     self.offset = self.offset.advanced(last_change)
                     self._produce_offset()
-                    self.publisher.commit()
+                    self._commit()
                     self.metrics.transactions.labels("stream").inc()
                     in_transaction = 0
             if all(s.exhausted and not s.buffer for s in segments):
@@ -586,7 +695,7 @@ class ProducerRunner:
             self.publisher.begin()
         self.offset = self.offset.advanced(SourcePosition(high))
         self._produce_offset()
-        self.publisher.commit()
+        self._commit()
         self.metrics.transactions.labels("stream").inc()
         self.summary.windows += 1
         self._update_lag(last_change, high)
@@ -689,21 +798,23 @@ class ProducerRunner:
         if committed is not None:
             self.metrics.source_lag.set(max((datetime.now(tz=UTC) - committed).total_seconds(), 0.0))
 
-    def _idle(self, position: SourcePosition | None) -> None:
-        """No new transactions: follow the high-water mark and publish a heartbeat now and then."""
+    def _idle(self, advance_to: SourcePosition | None, high_water: Lsn | None) -> None:
+        """No new transactions: follow the checked high-water mark, publish a heartbeat now and then.
+
+        ``advance_to`` comes from :func:`~producer.stream.check_idle`: no real transaction lies
+        between the position and it, so moving there skips nothing; it keeps CDC cleanup, which
+        counts idle dummy rows too, from ever passing a caught-up producer.
+        """
         self.metrics.source_lag.set(0.0)
-        max_lsn = self.source.max_lsn()
-        if position is not None and max_lsn is not None and max_lsn > position.commit_lsn:
-            # No real transaction lies between: moving the position up keeps CDC cleanup, which
-            # counts idle dummy rows too, from ever passing a caught-up producer.
-            self.offset = self.offset.advanced(SourcePosition(max_lsn))
+        if advance_to is not None:
+            self.offset = self.offset.advanced(advance_to)
         now = time.monotonic()
         if now - self._last_heartbeat < self.settings.heartbeat_interval_s:
             return
         self._last_heartbeat = now
         beat = {
             "db": self.settings.db_name,
-            "commit_lsn": None if max_lsn is None else str(max_lsn),
+            "commit_lsn": None if high_water is None else str(high_water),
             "ts_ms": datetime.now(tz=UTC),
         }
         self.publisher.begin()
@@ -712,7 +823,7 @@ class ProducerRunner:
         )
         if self.offset.snapshot_completed or self.offset.position is not None:
             self._produce_offset()
-        self.publisher.commit()
+        self._commit()
         self.metrics.transactions.labels("heartbeat").inc()
 
 

@@ -2,8 +2,9 @@
 
 pyodbc for SQL Server (FreeTDS or Microsoft's driver, TLS on by default), pg8000 for the CDC
 emulator; both in qmark paramstyle, running the statements of :mod:`producer.statements`. Driver
-errors are translated here: unreachable → PACS-001 (retriable), credentials → PACS-002, a missing
-object → PACS-003, error 313 → :class:`~producer.errors.LsnOutOfRangeError`. After every error the
+errors are translated here: unreachable or a lost connection →
+:class:`~producer.errors.SourceUnavailableError` (PACS-001, retriable), credentials → PACS-002, a
+missing object → PACS-003, error 313 → :class:`~producer.errors.LsnOutOfRangeError`. After every error the
 transaction is rolled back (PostgreSQL aborts it; on SQL Server it is harmless).
 """
 
@@ -18,10 +19,10 @@ from zoneinfo import ZoneInfo
 
 from pacs_sync import dbapi
 from pacs_sync.db_errors import sqlstate_of, translate_db_error
-from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError
+from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError, RetriableError
 from pacs_sync.lsn import Lsn
 from producer import statements as sql
-from producer.errors import LsnOutOfRangeError, SchemaMismatchError
+from producer.errors import LsnOutOfRangeError, SchemaMismatchError, SourceUnavailableError
 from producer.settings import ProducerSettings
 
 logger = logging.getLogger(__name__)
@@ -65,19 +66,33 @@ def odbc_connection_string(settings: ProducerSettings) -> str:
     return ";".join(f"{k}={v}" for k, v in parts.items())
 
 
+def source_error(error: PacsSyncError) -> PacsSyncError:
+    """A translated driver error, with "cannot reach the source" as :class:`SourceUnavailableError`."""
+    if isinstance(error, RetriableError) and error.code is ErrorCode.CONNECTION_UNAVAILABLE:
+        return SourceUnavailableError(error.message, **error.context)
+    return error
+
+
 def open_connection(settings: ProducerSettings) -> Any:
-    """A DB-API connection to the PACS source, autocommit off."""
+    """A DB-API connection to the PACS source, autocommit off.
+
+    Raises:
+        SourceUnavailableError: the server does not answer (PACS-001).
+    """
     server = f"PACS {settings.db_host}:{settings.db_port}/{settings.db_name}"
     if settings.db_driver == "pg8000":
-        return dbapi.connect(
-            host=settings.db_host,
-            port=settings.db_port,
-            user=settings.db_user,
-            password=settings.db_password.get_secret_value(),
-            database=settings.db_name,
-            timeout=settings.db_login_timeout_s,
-            application_name="pacs-sync producer",
-        )
+        try:
+            return dbapi.connect(
+                host=settings.db_host,
+                port=settings.db_port,
+                user=settings.db_user,
+                password=settings.db_password.get_secret_value(),
+                database=settings.db_name,
+                timeout=settings.db_login_timeout_s,
+                application_name="pacs-sync producer",
+            )
+        except PacsSyncError as exc:
+            raise source_error(exc) from exc.__cause__
     import pyodbc
 
     try:
@@ -85,7 +100,7 @@ def open_connection(settings: ProducerSettings) -> Any:
             odbc_connection_string(settings), autocommit=False, timeout=settings.db_login_timeout_s
         )
     except pyodbc.Error as exc:
-        raise translate_db_error(exc, server=server) from exc
+        raise source_error(translate_db_error(exc, server=server)) from exc
 
 
 @dataclass(frozen=True)
@@ -159,6 +174,11 @@ class CdcSource:
         return rows[0][0] if rows else None
 
     def _translate(self, exc: BaseException) -> PacsSyncError:
+        translated = source_error(translate_db_error(exc, server=self.server))
+        if isinstance(translated, SourceUnavailableError):
+            # Before the message checks: FreeTDS's "Adaptive Server is unavailable or does not
+            # exist" is not a missing object.
+            return translated
         message = str(exc.args[0].get("M", exc)) if exc.args and isinstance(exc.args[0], dict) else str(exc)
         if _OUT_OF_RANGE in message:
             return LsnOutOfRangeError(
@@ -172,7 +192,7 @@ class CdcSource:
             )
         if any(text in message for text in _MISSING_OBJECT):
             return SchemaMismatchError(f"{self.server}: {message}")
-        return translate_db_error(exc, server=self.server)
+        return translated
 
     def _rollback_quietly(self) -> None:
         try:

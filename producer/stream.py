@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pacs_sync.lsn import Lsn
+from pacs_sync.lsn import Lsn, SourcePosition
 from producer.mapping import OP_UPDATE_AFTER, OP_UPDATE_BEFORE, TableMapping
 from producer.source import ChangeRow
 
@@ -98,3 +98,33 @@ def fold_updates(rows: Iterator[tuple[Segment, ChangeRow]]) -> Iterator[FoldedCh
             yield FoldedChange(segment, row, "c", None, row.values)
         elif row.operation == 1:
             yield FoldedChange(segment, row, "d", row.values, None)
+
+
+@dataclass(frozen=True)
+class IdleCheck:
+    """What a poll found: nothing to read (``idle``), and how far the position may then move up."""
+
+    idle: bool
+    advance_to: SourcePosition | None = None
+
+
+def check_idle(
+    position: SourcePosition | None, high_water: Lsn | None, newest_transaction: Lsn | None
+) -> IdleCheck:
+    """Decide whether a poll is idle, and the position it may advance to without skipping anything.
+
+    ``high_water`` (``sys.fn_cdc_get_max_lsn()``) must have been read *before* ``newest_transaction``
+    (the newest real transaction in ``cdc.lsn_time_mapping``). The capture job commits in LSN order,
+    so every transaction at or below ``high_water`` was visible to the second read: if that read
+    found nothing after the position, nothing lies in ``(position, high_water]`` and the position
+    may follow the high-water mark (CDC cleanup counts idle dummy rows too, so a caught-up producer
+    must follow it). A transaction captured after ``high_water`` was read lies above it and is left
+    for the next poll. Read in the other order, such a transaction would be jumped over.
+    """
+    if newest_transaction is not None and (
+        position is None or not position.transaction_complete or newest_transaction > position.commit_lsn
+    ):
+        return IdleCheck(idle=False)
+    if position is not None and high_water is not None and high_water > position.commit_lsn:
+        return IdleCheck(idle=True, advance_to=SourcePosition(high_water))
+    return IdleCheck(idle=True)

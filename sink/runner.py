@@ -22,11 +22,13 @@ from prometheus_client import CollectorRegistry
 from pacs_sync.errors import ErrorCode, PacsSyncError
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.metrics import SinkMetrics, serve
+from pacs_sync.sweeps import sweeps_topic
 from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError
 from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter, reduce_by_key, to_row
 from sink.kafka_io import CleanTopicConsumer, DeadLetterProducer
 from sink.settings import SinkSettings
+from sink.sweeps import SweepBatch, apply_sweeps, split_sweeps
 from sink.tables import ENTITIES
 from sink.target import BatchResult, TargetDatabase
 
@@ -109,6 +111,8 @@ class SinkRunner:
         self.codec = codec or AvroCodec(SchemaRegistry.from_package())
         self.metrics = metrics or SinkMetrics.create(CollectorRegistry())
         self.entity_of = {clean_topic(settings, e): e for e in settings.entities}
+        self.sweep_topic = sweeps_topic(settings.topic_prefix, settings.db_name)
+        """The producer's re-snapshot sweeps (:mod:`sink.sweeps`), read along with the clean topics."""
         self.dead_letters = DeadLetterProducer(
             settings.kafka_bootstrap_servers, dead_letter_topic(settings), self.codec
         )
@@ -134,7 +138,7 @@ class SinkRunner:
             self.settings.kafka_bootstrap_servers,
             self.settings.sink_group_id,
             self.settings.sink_instance_id,
-            self.entity_of,
+            [*self.entity_of, self.sweep_topic],
             offsets_for,
         )
 
@@ -143,7 +147,7 @@ class SinkRunner:
         ensure_topics(
             self.settings.kafka_bootstrap_servers,
             [TopicSpec(topic, 3, compacted=True) for topic in self.entity_of]
-            + [TopicSpec(dead_letter_topic(self.settings), 1)],
+            + [TopicSpec(dead_letter_topic(self.settings), 1), TopicSpec(self.sweep_topic, 1)],
         )
         loop = asyncio.get_running_loop()
         backoff = 0.5
@@ -161,8 +165,9 @@ class SinkRunner:
                     messages = await asyncio.to_thread(
                         consumer.poll_batch, self.settings.batch_size, self.settings.sink_batch_max_wait_s
                     )
+                    clean, sweeps = split_sweeps(messages, self.sweep_topic)
                     decoded = (
-                        await asyncio.to_thread(decode_batch, self.codec, messages, self.entity_of)
+                        await asyncio.to_thread(decode_batch, self.codec, clean, self.entity_of)
                         if messages
                         else None
                     )
@@ -179,7 +184,7 @@ class SinkRunner:
                         continue
                     idle_since = loop.time()
                     await self._purge_markers_when_due(loop.time())
-                    pending = asyncio.create_task(self._write(decoded, len(messages)))
+                    pending = asyncio.create_task(self._write_with_sweeps(decoded, len(messages), sweeps))
                 except (PacsSyncError, KafkaException) as exc:
                     code = exc.code if isinstance(exc, PacsSyncError) else ErrorCode.KAFKA_DELIVERY_FAILED
                     self.metrics.errors.labels(code.value).inc()
@@ -202,6 +207,26 @@ class SinkRunner:
                 await pending
             if consumer is not None:
                 await asyncio.to_thread(consumer.close)
+
+    async def _write_with_sweeps(
+        self, decoded: DecodedBatch, consumed: int, sweeps: SweepBatch
+    ) -> BatchResult:
+        """:meth:`_write`, then the batch's re-snapshot sweeps and their offsets in one transaction.
+
+        After the batch's rows, so the sweep offsets never commit before the rows consumed with
+        them; a crash in between re-applies the sweeps, which is a no-op.
+        """
+        result = await self._write(decoded, consumed)
+        if sweeps.next_offsets:
+            swept = await apply_sweeps(
+                self.target, self.settings.sink_group_id, sweeps, self.settings.entities
+            )
+            self._last_offsets = {**self._last_offsets, **sweeps.next_offsets}
+            for entity, count in swept.items():
+                self.metrics.rows.labels(entity, "delete").inc(count)
+            if sweeps.invalid:
+                self.metrics.errors.labels(ErrorCode.UNDECODABLE_EVENT.value).inc(sweeps.invalid)
+        return result
 
     async def _write(self, decoded: DecodedBatch, consumed: int) -> BatchResult:
         started = asyncio.get_running_loop().time()

@@ -165,17 +165,6 @@ def _re_snapshots(p: FaultPipeline) -> list[str]:
     return [line for line in p.read_log("producer").splitlines() if "re-snapshot of" in line]
 
 
-class DeletedRowsKept(AssertionError):
-    """The known bug the last phase of the when_needed scenario shows (see its xfail reason)."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeletedRowsKept,
-    reason="bug: a when_needed re-snapshot republishes the rows that exist but never deletes those removed "
-    "during the lost window, so the target keeps them and verify finds extra rows "
-    "(producer/runner.py ProducerRunner._resnapshot); phases 1 and 2 (no deletes) must pass",
-)
 @pytest.mark.timeout(900)
 def test_when_needed_re_snapshots_the_affected_tables_and_verify_passes(
     fault_pipeline: Callable[..., FaultPipeline],
@@ -228,13 +217,17 @@ def test_when_needed_re_snapshots_the_affected_tables_and_verify_passes(
     p.settle(timeout=300)
     verified = p.verify()
     extra = {e: r.get("extra", {}).get("keys") for e, r in verified.report.get("entities", {}).items()}
+    swept = [line for line in p.read_log("sink").splitlines() if "re-snapshot sweep of" in line]
     p.note(
         "when-needed-with-deletes",
         lost=lost,
         deleted=[structure, valuation],
         verify_exit=verified.exit_code,
         extra=extra,
+        sink_sweeps=swept,
     )
-    if verified.exit_code != 0:
-        raise DeletedRowsKept(f"rows deleted in the lost window are still in the target: {extra}")
+    # The re-snapshot's sweeps removed them: the sink says which entities it swept.
+    assert any("structures" in line for line in swept), swept
+    assert any("valuations" in line for line in swept), swept
+    assert verified.exit_code == 0, f"rows deleted in the lost window are still in the target: {extra}"
     p.check_nothing_lost_nothing_twice()

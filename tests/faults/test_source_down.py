@@ -20,6 +20,7 @@ from tests.faults.harness import FaultPipeline, free_port, scrape, wait_for
 
 OUTAGE_S = 10.0
 ERRORS = 'pacs_sync_producer_errors_total{code="PACS-001"}'
+SOURCE_UP = "pacs_sync_producer_source_up"
 
 
 def events_published(metrics: dict[str, float]) -> float:
@@ -93,12 +94,6 @@ def test_source_unreachable_is_retried_reported_and_resumed_without_loss(
     assert changes_during > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a source connection cut mid-session is PACS-013 (fatal) and the producer exits instead of "
-    "retrying with PACS-001: pacs_sync/db_errors.translate_db_error does not classify pg8000's "
-    "InterfaceError('network error') as a lost connection (the supervisor's restart hides it)",
-)
 @pytest.mark.timeout(300)
 def test_a_lost_source_connection_is_retried_in_process_with_pacs_001(
     fault_pipeline: Callable[..., FaultPipeline],
@@ -131,9 +126,10 @@ def test_a_lost_source_connection_is_retried_in_process_with_pacs_001(
             )
         )
         p.scan()
+        metrics_after: dict[str, float] = {}
         if alive_during:
-            wait_for(
-                lambda: events_published(scrape(metrics_port)) > published,
+            metrics_after = wait_for(
+                lambda: (m := scrape(metrics_port)) and events_published(m) > published and m,
                 timeout=120,
                 what="the producer to publish the change made after the outage",
             )
@@ -148,9 +144,12 @@ def test_a_lost_source_connection_is_retried_in_process_with_pacs_001(
         alive_during_outage=alive_during,
         exit_code=producer.returncode,
         errors_metric=metrics_during.get(ERRORS, 0.0),
+        source_up={"during": metrics_during.get(SOURCE_UP), "after": metrics_after.get(SOURCE_UP)},
         codes=sorted({code for code in ("PACS-001", "PACS-013") if code in log}),
     )
     assert alive_during, f"the producer exited during the outage:\n{log[-1500:]}"
     assert "PACS-013" not in log
     assert "PACS-001" in log
     assert metrics_during.get(ERRORS, 0.0) > 0
+    assert metrics_during.get(SOURCE_UP) == 0.0
+    assert metrics_after.get(SOURCE_UP) == 1.0

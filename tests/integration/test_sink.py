@@ -22,6 +22,8 @@ import pytest
 from confluent_kafka import Producer
 
 from pacs_sync.kafka_topics import TopicSpec, ensure_topics
+from pacs_sync.lsn import Lsn
+from pacs_sync.sweeps import Sweep, chunk_sweeps, sweeps_topic
 from schemas.codec import AvroCodec, SchemaRegistry
 from sink.runner import SinkRunner
 from sink.settings import SinkSettings
@@ -406,3 +408,46 @@ def test_delete_markers_older_than_the_retention_are_purged(rig: SinkRig) -> Non
     rig.send("valuations", [valuation(3, 14)], partitions=1)
     rig.run(marker_retention_days=5)
     assert sorted(valuations(rig)) == [2, 3], "only the marker older than the retention goes"
+
+
+def test_a_re_snapshot_sweep_marks_only_older_rows_the_source_no_longer_has(rig: SinkRig) -> None:
+    """RELIABILITY.md problem 3: rows deleted while their changes were lost go at the re-snapshot."""
+    rig.send("valuations", [valuation(i, 10 + i) for i in range(1, 13)])
+    rig.send("valuations", [valuation(11, 500, assessed="11.00"), valuation(12, 30, deleted=True)])
+    topic_prefix = f"s{uuid.uuid4().hex[:8]}"
+    snapshot = Lsn.parse(lsn(100))
+    # The source had 1, 2, 3, 5 up to the first chunk's last key, and 6, 7, 9, 10 after it; 11 changed
+    # after the snapshot LSN (position 500), 12 was already deleted.
+    sweeps = chunk_sweeps("valuations", "PropertyValue", snapshot, None, [1, 2, 3, 5], last=False)
+    sweeps += chunk_sweeps("valuations", "PropertyValue", snapshot, 5, [6, 7, 9, 10], last=True)
+    sweeps.append(Sweep("owners", "PropertyOwner", snapshot, None, None, ()))  # an entity with no rows
+
+    def send_sweeps() -> None:
+        topic = sweeps_topic(topic_prefix, "pacs")
+        ensure_topics(rig.bootstrap, [TopicSpec(topic, 1)])
+        producer = Producer({"bootstrap.servers": rig.bootstrap})
+        for sweep in sweeps:
+            producer.produce(topic, key=sweep.entity.encode(), value=sweep.to_json())
+        assert producer.flush(30) == 0
+
+    send_sweeps()
+    rig.run(topic_prefix=topic_prefix)
+    table = valuations(rig)
+    assert table[4] == (None, True, lsn(100))
+    assert table[8] == (None, True, lsn(100))
+    assert table[11] == (Decimal("11.00"), False, lsn(500)), "a row newer than the snapshot was swept"
+    assert table[12] == (None, True, lsn(30))
+    assert all(not table[k][1] for k in (1, 2, 3, 5, 6, 7, 9, 10))
+    swept_positions = rig.rows("SELECT source_position FROM pacs_sync.valuations WHERE valuation_id = 4")
+    assert bytes(swept_positions[0][0]) == sweeps[0].position
+
+    # Applying the sweeps again changes nothing; an older change of a swept key cannot bring it back.
+    before = rig.rows("SELECT valuation_id, synced_at FROM pacs_sync.valuations ORDER BY 1")
+    send_sweeps()
+    rig.send("valuations", [valuation(4, 50, assessed="4.00")])
+    rig.run(topic_prefix=topic_prefix)
+    assert rig.rows("SELECT valuation_id, synced_at FROM pacs_sync.valuations ORDER BY 1") == before
+    offsets = rig.rows(
+        f"SELECT next_offset FROM pacs_sync.sync_offsets WHERE topic = '{sweeps_topic(topic_prefix, 'pacs')}'"
+    )
+    assert offsets[0][0] == 2 * len(sweeps)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pg8000.exceptions
 import pytest
 
 from pacs_sync.db_errors import sqlstate_of, translate_db_error
@@ -110,3 +111,52 @@ def test_missing_table_is_schema_mismatch_and_deadlock_is_retriable() -> None:
     assert missing.code is ErrorCode.SCHEMA_MISMATCH
     deadlock = translate_db_error(_Pg8000Like({"C": "40P01", "M": "deadlock detected"}), server="s")
     assert isinstance(deadlock, RetriableError)
+
+
+def _raised_from(exc: Exception, cause: BaseException) -> Exception:
+    exc.__cause__ = cause  # as ``raise exc from cause`` leaves it
+    return exc
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        # pg8000 1.31, a socket cut mid-session: read/write/flush wrap the OSError
+        _raised_from(pg8000.exceptions.InterfaceError("network error"), ConnectionResetError(104, "reset")),
+        # pg8000 reading EOF (the peer closed): no cause at all
+        pg8000.exceptions.InterfaceError("network error"),
+        pg8000.exceptions.InterfaceError("communication error"),
+        # the next use of a connection pg8000 closed after the error
+        pg8000.exceptions.InterfaceError("connection is closed"),
+        # pg8000's first socket read is outside its try: the OSError itself escapes
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+        # pyodbc, FreeTDS and Microsoft's driver: classified by SQLSTATE
+        _PyodbcLike(
+            "08S01", "[08S01] [FreeTDS][SQL Server]Write to the server failed (20006) (SQLExecDirectW)"
+        ),
+        _PyodbcLike("08S01", "[08S01] [Microsoft][ODBC Driver 18 for SQL Server]Communication link failure"),
+        _PyodbcLike("08001", "[08001] [Microsoft][ODBC Driver 18 for SQL Server]TCP Provider: timed out"),
+        _PyodbcLike("HYT00", "[HYT00] [FreeTDS][SQL Server]Timeout expired (0) (SQLDriverConnect)"),
+    ],
+    ids=lambda e: f"{type(e).__name__}:{str(e)[:30]}",
+)
+def test_a_lost_connection_is_retriable_pacs_001(exc: Exception) -> None:
+    err = translate_db_error(exc, server="PACS db")
+    assert isinstance(err, RetriableError)
+    assert err.code is ErrorCode.CONNECTION_UNAVAILABLE
+    assert str(err).startswith("PACS-001: cannot reach PACS db")
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        pg8000.exceptions.InterfaceError("The parameter x can't be of type <class 'object'>."),
+        pg8000.exceptions.InterfaceError("in failed transaction block"),
+        _raised_from(pg8000.exceptions.DatabaseError("bad"), ValueError("not a socket problem")),
+    ],
+)
+def test_a_driver_error_on_a_live_connection_stays_fatal(exc: Exception) -> None:
+    err = translate_db_error(exc, server="PACS db")
+    assert isinstance(err, FatalError)
+    assert err.code is ErrorCode.DATABASE_ERROR

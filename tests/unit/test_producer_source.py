@@ -4,10 +4,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pg8000.exceptions
 import pytest
 
+from pacs_sync.errors import ErrorCode
+from producer.errors import LsnOutOfRangeError, SchemaMismatchError, SourceUnavailableError
 from producer.settings import ProducerSettings
-from producer.source import odbc_connection_string
+from producer.source import CdcSource, odbc_connection_string
 
 MS_DRIVER = "ODBC Driver 18 for SQL Server"
 
@@ -183,3 +186,74 @@ def test_other_values_are_quoted_too(field: str, value: str) -> None:
     assert keys.count("Encrypt") == 1
     assert dict(pairs)["Encrypt"] == "yes"
     assert dict(pairs)["UID" if field == "db_user" else "DATABASE"] == value
+
+
+# ---- error translation at the adapter ----
+
+
+class _DriverError(Exception):
+    pass
+
+
+class _FailingConnection:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.rolled_back = 0
+
+    def cursor(self) -> _FailingConnection:
+        return self
+
+    def execute(self, statement: str, params: tuple[object, ...]) -> None:
+        raise self.error
+
+    def rollback(self) -> None:
+        self.rolled_back += 1
+
+    def close(self) -> None:
+        pass
+
+
+def _raised_from(exc: Exception, cause: BaseException) -> Exception:
+    exc.__cause__ = cause  # as ``raise exc from cause`` leaves it
+    return exc
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        _raised_from(pg8000.exceptions.InterfaceError("network error"), BrokenPipeError(32, "Broken pipe")),
+        pg8000.exceptions.InterfaceError("connection is closed"),
+        # the FreeTDS text says "does not exist": still a lost connection, not a missing object
+        _DriverError(
+            "08S01",
+            "[08S01] [FreeTDS][SQL Server]Unable to connect: Adaptive Server is unavailable or does not "
+            "exist (20009)",
+        ),
+        _DriverError("HYT00", "[HYT00] [FreeTDS][SQL Server]Timeout expired (0)"),
+    ],
+)
+def test_a_lost_source_connection_is_source_unavailable(error: Exception) -> None:
+    conn = _FailingConnection(error)
+    source = CdcSource(settings(db_driver="pg8000"), connection=conn)
+    with pytest.raises(SourceUnavailableError) as raised:
+        source.max_lsn()
+    assert raised.value.code is ErrorCode.CONNECTION_UNAVAILABLE
+    assert raised.value.retriable
+    assert conn.rolled_back == 1
+
+
+def test_statement_errors_keep_their_classification() -> None:
+    missing = CdcSource(
+        settings(db_driver="pg8000"),
+        connection=_FailingConnection(_DriverError({"C": "42P01", "M": 'relation "cdc.x" does not exist'})),
+    )
+    with pytest.raises(SchemaMismatchError):
+        missing.max_lsn()
+    out_of_range = CdcSource(
+        settings(db_driver="pg8000"),
+        connection=_FailingConnection(
+            _DriverError({"C": "22023", "M": "An insufficient number of arguments were supplied"})
+        ),
+    )
+    with pytest.raises(LsnOutOfRangeError):
+        out_of_range.max_lsn()

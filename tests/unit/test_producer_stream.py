@@ -9,7 +9,7 @@ import pytest
 from pacs_sync.lsn import LSN_SIZE, Lsn, SourcePosition
 from producer.mapping import TABLES, default_mappings
 from producer.source import ChangeRow
-from producer.stream import START, FoldedChange, Segment, fold_updates, releasable
+from producer.stream import START, FoldedChange, IdleCheck, Segment, check_idle, fold_updates, releasable
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -382,3 +382,87 @@ def test_paged_merge_with_a_resume_cursor(seed: int) -> None:
         seg.cursor = resume
     batches, _ = run_window(rng, segments, source, max_limit=4)
     assert [r for batch in batches for _, r in batch] == [r for _, r in log if r.position > resume]
+
+
+# ---- check_idle: the idle poll's decision ----
+
+
+def done(commit: int) -> SourcePosition:
+    return SourcePosition(lsn(commit))
+
+
+def test_no_transaction_at_all_is_idle_without_a_position() -> None:
+    assert check_idle(None, None, None) == IdleCheck(idle=True)
+    assert check_idle(None, lsn(9), None) == IdleCheck(idle=True)
+
+
+def test_a_transaction_and_no_position_is_not_idle() -> None:
+    assert check_idle(None, lsn(9), lsn(9)) == IdleCheck(idle=False)
+
+
+def test_a_newer_transaction_is_not_idle() -> None:
+    assert check_idle(done(5), lsn(9), lsn(6)) == IdleCheck(idle=False)
+
+
+def test_an_unfinished_transaction_is_not_idle() -> None:
+    assert check_idle(SourcePosition(lsn(5), lsn(3), 2), lsn(9), lsn(5)) == IdleCheck(idle=False)
+
+
+def test_idle_follows_the_high_water_mark() -> None:
+    assert check_idle(done(5), lsn(9), lsn(5)) == IdleCheck(idle=True, advance_to=done(9))
+    assert check_idle(done(5), lsn(9), None) == IdleCheck(idle=True, advance_to=done(9))
+
+
+def test_idle_never_moves_back_or_to_nothing() -> None:
+    assert check_idle(done(9), lsn(9), lsn(5)) == IdleCheck(idle=True)
+    assert check_idle(done(9), lsn(7), lsn(5)) == IdleCheck(idle=True)
+    assert check_idle(done(9), None, None) == IdleCheck(idle=True)
+
+
+def poll_against(
+    log: list[tuple[int, bool]], position: SourcePosition, captured_before: int, captured_between: int
+) -> SourcePosition:
+    """One poll of a capture log [(lsn, real transaction?)]: ``captured_before`` entries are committed
+    when the high-water mark is read, ``captured_between`` more before the newest transaction is read."""
+    visible = log[:captured_before]
+    high_water = max((lsn(n) for n, _ in visible), default=None)
+    visible = log[: captured_before + captured_between]
+    newest = max((lsn(n) for n, real in visible if real), default=None)
+    check = check_idle(position, high_water, newest)
+    if not check.idle or check.advance_to is None:
+        return position  # a streaming poll reads [position, newest]: nothing is skipped there
+    return check.advance_to
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_an_idle_poll_never_passes_an_unread_transaction(seed: int) -> None:
+    """Captures committing between the poll's two reads (the race of RELIABILITY.md problem 11)."""
+    rng = random.Random(seed)
+    log: list[tuple[int, bool]] = []
+    number = 10
+    for _ in range(rng.randrange(1, 12)):
+        number += rng.randrange(1, 4)
+        log.append((number, rng.random() < 0.4))  # idle dummy rows and real transactions
+    published = max((n for n, real in log[:1] if real), default=log[0][0])
+    position = done(published)
+    committed = 1
+    while committed < len(log):
+        before = rng.randrange(committed, len(log) + 1)
+        between = rng.randrange(0, len(log) - before + 1)
+        moved = poll_against(log, position, before, between)
+        for n, real in log:
+            if real and lsn(n) > position.commit_lsn:
+                assert moved.commit_lsn < lsn(n), f"skipped transaction {n} (position {moved})"
+        position = moved
+        committed = before + between
+        if any(real and lsn(n) > position.commit_lsn for n, real in log[:committed]):
+            break  # a streaming poll would publish it next
+
+
+def test_reading_the_high_water_mark_last_would_skip_the_transaction() -> None:
+    """The old order (newest transaction first, then the high-water mark) jumps over a capture."""
+    position = done(10)
+    newest = lsn(10)  # read first: nothing new
+    high_water = lsn(11)  # transaction 11 was captured in between
+    assert check_idle(position, high_water, newest).advance_to == done(11)  # what the old order did
+    assert poll_against([(10, True), (11, True)], position, 1, 1) == position
