@@ -198,7 +198,12 @@ class RecordingPublisher:
     def begin(self) -> None:
         self.open = []
 
-    def produce(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def partition_count(self, _topic: str) -> int:
+        return 3
+
+    def produce(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None
+    ) -> None:
         assert self.open is not None
         self.open.append((topic, key, value))
 
