@@ -135,6 +135,8 @@ class ProducerRunner:
         """Per capture instance with extra columns: converters for the extra values."""
         self._announced: set[bytes] = set()
         self._pending_schemas: list[tuple[bytes, dict[str, Any]]] = []
+        # Announced in the open Kafka transaction: announced for good only once it commits.
+        self._schemas_in_transaction: list[tuple[bytes, dict[str, Any]]] = []
 
     @property
     def source(self) -> CdcSource:
@@ -348,6 +350,9 @@ class ProducerRunner:
             self._publisher.abort()
         self._offset_in_transaction = None
         self.offset = self._committed_offset
+        # Schemas announced in the aborted transaction are announced again with the retried window.
+        self._pending_schemas.extend(self._schemas_in_transaction)
+        self._schemas_in_transaction.clear()
         self._drop_source()
         delay = state.next_action.sleep if state.next_action is not None else 0.0
         logger.warning("%s; retrying in %.1f s", exc, delay)
@@ -490,6 +495,8 @@ class ProducerRunner:
         if self._offset_in_transaction is not None:
             self._committed_offset = self._offset_in_transaction
             self._offset_in_transaction = None
+        self._announced.update(fingerprint for fingerprint, _ in self._schemas_in_transaction)
+        self._schemas_in_transaction.clear()
 
     # ---- streaming ----
 
@@ -766,7 +773,7 @@ class ProducerRunner:
                 continue
             topic = schemas_topic(self.settings)
             self.publisher.produce(topic, fingerprint.hex().encode(), json.dumps(schema).encode())
-            self._announced.add(fingerprint)
+            self._schemas_in_transaction.append((fingerprint, schema))
 
     def _update_headroom(self, position: SourcePosition | None, instances: list[str]) -> None:
         """Retention headroom: retention minus how far the position trails the newest commit.
