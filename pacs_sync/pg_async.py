@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
+from datetime import date
 from importlib import resources
 from typing import Any
 
@@ -31,6 +32,39 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """A server that cannot be reached, went away or is shutting down: retriable (PACS-001)."""
+
+
+# PostgreSQL's binary date is a signed count of days since 2000-01-01, with the int32 extremes as the
+# infinities. asyncpg's built-in codec maps date.max/date.min to those infinities, so SQL Server's
+# usual open end 9999-12-31 (and 0001-01-01) would be stored as 'infinity'/'-infinity'.
+_PG_EPOCH_ORDINAL = date(2000, 1, 1).toordinal()
+_PG_DATE_INFINITY = 0x7FFFFFFF
+_PG_DATE_NEGATIVE_INFINITY = -0x80000000
+
+
+def encode_date(value: date) -> tuple[int]:
+    """A date as PostgreSQL's binary day count, every date as itself (9999-12-31 is not infinity)."""
+    return (value.toordinal() - _PG_EPOCH_ORDINAL,)
+
+
+def decode_date(value: tuple[int]) -> date:
+    """PostgreSQL's binary day count as a date; the infinities (never written by us) as date.max/min."""
+    days = value[0]
+    if days == _PG_DATE_INFINITY:
+        return date.max
+    if days == _PG_DATE_NEGATIVE_INFINITY:
+        return date.min
+    return date.fromordinal(days + _PG_EPOCH_ORDINAL)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Prepare a new pooled connection: the exact date codec (binary, so COPY still works).
+
+    Costs ~0.1 µs per date in Python (the owner rows' two dates), against ~20 µs per row written.
+    """
+    await conn.set_type_codec(
+        "date", schema="pg_catalog", encoder=encode_date, decoder=decode_date, format="tuple"
+    )
 
 
 def server_name(parts: Mapping[str, Any]) -> str:
@@ -59,6 +93,7 @@ async def open_pool(
             timeout=timeout,
             command_timeout=command_timeout,
             server_settings={"application_name": application_name},
+            init=init_connection,
         )
     except Exception as exc:
         raise translate_async_error(exc, server_name(parts)) from exc

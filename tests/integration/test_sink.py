@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -406,3 +406,43 @@ def test_delete_markers_older_than_the_retention_are_purged(rig: SinkRig) -> Non
     rig.send("valuations", [valuation(3, 14)], partitions=1)
     rig.run(marker_retention_days=5)
     assert sorted(valuations(rig)) == [2, 3], "only the marker older than the retention goes"
+
+
+def test_the_extreme_dates_round_trip_exactly(rig: SinkRig) -> None:
+    """SQL Server's 0001-01-01 and 9999-12-31 are stored as those dates, never as -infinity/infinity."""
+    owner = {
+        "owner_id": 1,
+        "property_id": 2,
+        "owner_name": "Open End Trust",
+        "owner_type": "trust",
+        "ownership_pct": Decimal("100.00"),
+        "start_date": date(1, 1, 1),
+        "end_date": date(9999, 12, 31),
+        "source_commit_lsn": lsn(10),
+        "source_change_lsn": lsn(10),
+        "source_serial": 2,
+        "source_ts": datetime.now(tz=UTC),
+        "deleted": False,
+    }
+    ordinary = {**owner, "owner_id": 2, "start_date": date(2020, 2, 29), "end_date": date(2030, 1, 1)}
+    rig.send("owners", [owner, ordinary], partitions=1)
+    rig.run()
+    stored = rig.rows(
+        "SELECT owner_id, start_date::text, end_date::text, isfinite(end_date) "
+        "FROM pacs_sync.owners ORDER BY 1"
+    )
+    assert [tuple(r) for r in stored] == [
+        (1, "0001-01-01", "9999-12-31", True),
+        (2, "2020-02-29", "2030-01-01", True),
+    ]
+
+    # Read back through the sink's own pool (its codec): the same dates.
+    async def read() -> list[tuple[Any, ...]]:
+        target = await TargetDatabase.connect(rig.settings().target_parts)
+        try:
+            rows = await target.fetch("SELECT start_date, end_date FROM pacs_sync.owners ORDER BY owner_id")
+        finally:
+            await target.close()
+        return [tuple(r) for r in rows]
+
+    assert asyncio.run(read()) == [(date(1, 1, 1), date(9999, 12, 31)), (date(2020, 2, 29), date(2030, 1, 1))]
