@@ -126,3 +126,33 @@ def test_progress_line_names_the_entity_and_both_shares() -> None:
     assert line.startswith("owners")
     assert "50.0%" in line
     assert "25.0%" in line
+
+
+def test_a_failure_after_a_stage_started_stops_the_started_stages(tmp_path: Path) -> None:
+    """A later stage that cannot start (its log cannot be opened) must not leave the first one running."""
+    import threading
+
+    from pacs_sync.errors import ConfigurationError
+
+    first = StageCommand("first", python("import time; time.sleep(60)"))
+    second = StageCommand("second", python("import time; time.sleep(60)"))
+    supervisor = Supervisor(
+        settings(tmp_path), [first, second], SupervisorMetrics.create(CollectorRegistry())
+    )
+    supervisor.log_file("second").mkdir(parents=True)  # opening it as a file fails
+    started: list[int] = []
+    spawn = supervisor._spawn
+
+    def record(running: object) -> None:
+        spawn(running)  # type: ignore[arg-type]
+        started.extend(pid for pid in supervisor.pids().values() if pid is not None)
+
+    supervisor._spawn = record  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"second\.log"):
+        supervisor.run_until(threading.Event())
+    assert started, "the first stage never started"
+    for pid in started:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        ), "a started stage was left running"
