@@ -225,7 +225,7 @@ class SyncUntilCaughtUp:
             stop.set()
 
     def _wait(self, stop: threading.Event, deadline: float, what: str, done: Callable[[], bool]) -> None:
-        while not done():
+        while not self._check(done):
             if self._supervisor_error is not None:
                 raise self._supervisor_error
             if stop.is_set():
@@ -237,6 +237,15 @@ class SyncUntilCaughtUp:
                 )
             stop.wait(1.0)
         logger.info("%s caught up", what)
+
+    @staticmethod
+    def _check(done: Callable[[], bool]) -> bool:
+        """``done()``, a retriable error (Kafka settling, a stage restarting) counting as "not yet"."""
+        try:
+            return done()
+        except RetriableError as exc:
+            logger.warning("%s; asking again", exc)
+            return False
 
     def _published(self, target_lsn: Lsn | None, state: dict[str, EntityProgress]) -> bool:
         try:

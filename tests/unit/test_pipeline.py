@@ -156,3 +156,61 @@ def test_a_failure_after_a_stage_started_stops_the_started_stages(tmp_path: Path
             not Path(f"/proc/{pid}").exists()
             or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
         ), "a started stage was left running"
+
+
+def test_kafka_positions_ask_again_while_the_cluster_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pacs_sync.errors import ErrorCode, FatalError, RetriableError
+    from pipeline import catchup
+
+    slept: list[float] = []
+    monkeypatch.setattr(catchup.time, "sleep", slept.append)
+    kafka = catchup.KafkaPositions("127.0.0.1:1", retry_s=5.0)
+    try:
+        answers = iter([KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, None])
+
+        def settling() -> str:
+            code = next(answers)
+            if code is not None:
+                raise KafkaException(KafkaError(code))
+            return "ends"
+
+        assert kafka._retrying("list offsets", settling) == "ends"
+        assert slept == [0.2, 0.4]
+
+        def no_leader() -> str:
+            raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))
+
+        with pytest.raises(RetriableError, match="still failing") as caught:
+            kafka._retrying("list offsets", no_leader)
+        assert caught.value.code is ErrorCode.KAFKA_DELIVERY_FAILED
+
+        def unreachable() -> str:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+        with pytest.raises(RetriableError) as down:
+            kafka._retrying("list offsets", unreachable)
+        assert down.value.code is ErrorCode.CONNECTION_UNAVAILABLE
+
+        def denied() -> str:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+        slept.clear()
+        with pytest.raises(FatalError, match="PACS-010"):
+            kafka._retrying("list offsets", denied)
+        assert slept == []
+    finally:
+        kafka.close()
+
+
+def test_only_settling_kafka_errors_are_transient() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pipeline.catchup import kafka_error_is_transient
+
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE)))
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not kafka_error_is_transient(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    assert not kafka_error_is_transient(ValueError("not Kafka"))
