@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from datetime import date
 from importlib import resources
 from typing import Any
 
 import asyncpg
+from asyncpg.exceptions._base import DataError as ClientDataError
 
 from pacs_sync.db_errors import translate_db_error
 from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError, RetriableError
@@ -22,15 +25,56 @@ from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError, RetriableErro
 logger = logging.getLogger(__name__)
 
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.InterfaceError,  # "connection is closed", released or aborted connections
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CannotConnectNowError,
-    ConnectionError,
+    ConnectionError,  # ConnectionResetError, BrokenPipeError, ...
     OSError,
     TimeoutError,
 )
 """A server that cannot be reached, went away or is shutting down: retriable (PACS-001)."""
+
+_CLIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ClientDataError,
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
+"""InterfaceErrors that are the caller's mistake, not a lost connection: retrying cannot help."""
+
+
+# PostgreSQL's binary date is a signed count of days since 2000-01-01, with the int32 extremes as the
+# infinities. asyncpg's built-in codec maps date.max/date.min to those infinities, so SQL Server's
+# usual open end 9999-12-31 (and 0001-01-01) would be stored as 'infinity'/'-infinity'.
+_PG_EPOCH_ORDINAL = date(2000, 1, 1).toordinal()
+_PG_DATE_INFINITY = 0x7FFFFFFF
+_PG_DATE_NEGATIVE_INFINITY = -0x80000000
+
+
+def encode_date(value: date) -> tuple[int]:
+    """A date as PostgreSQL's binary day count, every date as itself (9999-12-31 is not infinity)."""
+    return (value.toordinal() - _PG_EPOCH_ORDINAL,)
+
+
+def decode_date(value: tuple[int]) -> date:
+    """PostgreSQL's binary day count as a date; the infinities (never written by us) as date.max/min."""
+    days = value[0]
+    if days == _PG_DATE_INFINITY:
+        return date.max
+    if days == _PG_DATE_NEGATIVE_INFINITY:
+        return date.min
+    return date.fromordinal(days + _PG_EPOCH_ORDINAL)
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Prepare a new pooled connection: the exact date codec (binary, so COPY still works).
+
+    Costs ~0.1 µs per date in Python (the owner rows' two dates), against ~20 µs per row written.
+    """
+    await conn.set_type_codec(
+        "date", schema="pg_catalog", encoder=encode_date, decoder=decode_date, format="tuple"
+    )
 
 
 def server_name(parts: Mapping[str, Any]) -> str:
@@ -59,9 +103,28 @@ async def open_pool(
             timeout=timeout,
             command_timeout=command_timeout,
             server_settings={"application_name": application_name},
+            init=init_connection,
         )
     except Exception as exc:
         raise translate_async_error(exc, server_name(parts)) from exc
+
+
+@asynccontextmanager
+async def acquire(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection; one that failed with a lost connection is terminated, never pooled again.
+
+    asyncpg's pool can hand out again a connection cut inside a COPY whose protocol is still waiting
+    for the server's end of the error (every later statement: "cannot switch to state …"), so the
+    retry would fail the same way; terminating it makes the next acquire open a new one.
+    """
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except BaseException as exc:
+            if is_connection_lost(exc):
+                with suppress(asyncpg.InterfaceError):  # already closed and released by asyncpg
+                    conn.terminate()
+            raise
 
 
 def server_message(exc: BaseException) -> str:
@@ -71,13 +134,36 @@ def server_message(exc: BaseException) -> str:
     return f"{message} ({detail})" if detail else message
 
 
+def is_connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone or unusable (the remedy is a new connection).
+
+    Besides the socket and connection errors, asyncpg reports a connection cut mid-statement (a
+    PostgreSQL restart) as an ``InternalClientError`` "cannot switch to state N; another operation
+    (2) is in progress": its protocol was still consuming the server's error when the transaction's
+    ROLLBACK was sent. A protocol out of step is as unusable as a closed one; the original error is
+    its ``__context__``.
+    """
+    if isinstance(exc, _CLIENT_ERRORS):
+        return False
+    if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, asyncpg.exceptions.ProtocolError):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        if str(exc).startswith("cannot switch to state"):
+            return True
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and cause is not exc and is_connection_lost(cause)
+    return False
+
+
 def translate_async_error(exc: BaseException, server: str) -> PacsSyncError:
     """An asyncpg (or socket) exception as the connector's error: PACS-001 retriable for a lost or
     unreachable server, PACS-002 for credentials, the driver translation's retriable codes, and
     PACS-013 fatal for anything else (with the SQLSTATE)."""
     if isinstance(exc, PacsSyncError):
         return exc
-    if isinstance(exc, CONNECTION_ERRORS):
+    if is_connection_lost(exc):
         return RetriableError(
             f"lost or cannot open a connection to {server}: {exc}",
             code=ErrorCode.CONNECTION_UNAVAILABLE,
@@ -113,7 +199,7 @@ async def apply_migrations(
     table = f"{schema}.schema_migrations"
     applied: list[str] = []
     try:
-        async with pool.acquire() as conn, conn.transaction():
+        async with acquire(pool) as conn, conn.transaction():
             await conn.execute(f"SELECT pg_advisory_xact_lock({int(lock_id)})")
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             await conn.execute(

@@ -9,16 +9,22 @@ sink's PostgreSQL offsets past the clean topics' end offsets).
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from pacs_sync import dbapi
-from pacs_sync.errors import ErrorCode, RetriableError
+from pacs_sync.errors import ErrorCode, FatalError, RetriableError
 from pacs_sync.lsn import Lsn
 from pipeline.settings import PipelineSettings
+
+logger = logging.getLogger(__name__)
 
 Partition = tuple[str, int]
 
@@ -61,14 +67,61 @@ def progress(
     return min(finished / total, 1.0)
 
 
+# Errors of a cluster that is still settling (a topic just created has no partition leader yet, a
+# leader moved, a broker restarts): asked again after a pause. Others are reported at once.
+_TRANSIENT_KAFKA_ERRORS = frozenset(
+    {
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.FENCED_LEADER_EPOCH,
+        KafkaError.UNKNOWN_LEADER_EPOCH,
+        KafkaError.OFFSET_NOT_AVAILABLE,
+        KafkaError.BROKER_NOT_AVAILABLE,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.KAFKA_STORAGE_ERROR,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._WAIT_COORD,
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
+
+
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT})
+
+
+def kafka_error_is_transient(exc: BaseException) -> bool:
+    """Whether a confluent-kafka exception is worth asking again (pure)."""
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if not isinstance(error, KafkaError):
+        return False
+    return error.code() in _TRANSIENT_KAFKA_ERRORS or error.retriable()
+
+
+T = TypeVar("T")
+
+
 @dataclass
 class KafkaPositions:
-    """End offsets of topics and committed offsets of consumer groups."""
+    """End offsets of topics and committed offsets of consumer groups.
+
+    Every Kafka call is retried with backoff while the error is transient (up to ``retry_s``), then
+    reported as a retriable PACS-010 (PACS-001 when the cluster does not answer at all); any other
+    Kafka error is a fatal PACS-010. Never a raw ``KafkaException``.
+    """
 
     bootstrap: str
+    retry_s: float = 30.0
 
     def __post_init__(self) -> None:
-        """One metadata client for the run."""
+        """One metadata client and one admin client for the run."""
         self._consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -77,55 +130,104 @@ class KafkaPositions:
                 "log_level": 3,
             }
         )
+        self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 3})
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.2
+        while True:
+            try:
+                return call()
+            except KafkaException as exc:
+                if not kafka_error_is_transient(exc):
+                    message = f"Kafka at {self.bootstrap}: cannot {what}: {exc}"
+                    raise FatalError(message, code=ErrorCode.KAFKA_DELIVERY_FAILED) from exc
+                if time.monotonic() + delay > deadline:
+                    error = exc.args[0] if exc.args else None
+                    unreachable = isinstance(error, KafkaError) and error.code() in _UNREACHABLE
+                    code = ErrorCode.KAFKA_DELIVERY_FAILED
+                    if unreachable:
+                        code = ErrorCode.CONNECTION_UNAVAILABLE
+                    raise RetriableError(
+                        f"Kafka at {self.bootstrap}: cannot {what}: {exc} (still failing after "
+                        f"{self.retry_s:.0f} s)",
+                        code=code,
+                    ) from exc
+                logger.info("Kafka cannot %s yet (%s); asking again in %.1f s", what, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
         """Every partition of the topics that exist."""
-        try:
-            metadata = self._consumer.list_topics(timeout=15)
-        except KafkaException as exc:
-            raise RetriableError(f"Kafka at {self.bootstrap} does not answer: {exc}") from exc
+        wanted = list(topics)
+        metadata = self._retrying("list its topics", lambda: self._consumer.list_topics(timeout=15))
         return [
             TopicPartition(topic, p)
-            for topic in topics
+            for topic in wanted
             if topic in metadata.topics
             for p in metadata.topics[topic].partitions
         ]
 
     def topics_matching(self, prefix: str, suffix: str) -> list[str]:
         """Existing topics named ``prefix…suffix`` (e.g. Faust's repartition topics)."""
-        metadata = self._consumer.list_topics(timeout=15)
+        metadata = self._retrying("list its topics", lambda: self._consumer.list_topics(timeout=15))
         return sorted(t for t in metadata.topics if t.startswith(prefix) and t.endswith(suffix))
+
+    def _list_offsets(
+        self, partitions: list[TopicPartition], spec: OffsetSpec, isolation: IsolationLevel
+    ) -> dict[Partition, int]:
+        """One ListOffsets request for every partition (retried as a whole while transient)."""
+        if not partitions:
+            return {}
+
+        def call() -> dict[Partition, int]:
+            request = {TopicPartition(tp.topic, tp.partition): spec for tp in partitions}
+            futures = self._admin.list_offsets(request, isolation_level=isolation, request_timeout=15)
+            return {(tp.topic, tp.partition): future.result().offset for tp, future in futures.items()}
+
+        return self._retrying("list the partitions' offsets", call)
 
     def end_offsets(self, topics: Iterable[str]) -> dict[Partition, int]:
         """The high watermark of every partition."""
-        ends: dict[Partition, int] = {}
-        for tp in self.partitions(topics):
-            _, high = self._consumer.get_watermark_offsets(tp, timeout=15)
-            ends[(tp.topic, tp.partition)] = high
-        return ends
+        return self._list_offsets(
+            self.partitions(topics), OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED
+        )
 
     def data_ends(self, topics: Iterable[str], *, window: int = 64) -> dict[Partition, int]:
         """Per partition, one past the last record a read_committed consumer sees.
 
         Transactional topics end with commit markers that no consumer receives: a consumer that
-        committed "last record + 1" stays one short of the high watermark forever, so catch-up is
-        measured against this instead.
+        committed "last record + 1" stays one short of the high watermark (and of the last stable
+        offset) forever, so catch-up is measured against this instead. Two ListOffsets requests for
+        all partitions (last stable and earliest offsets), then ONE read_committed consumer reads
+        the last ``window`` offsets of every partition together.
         """
-        ends = self.end_offsets(topics)
-        found: dict[Partition, int] = {}
-        for tp, high in ends.items():
-            if high <= 0:
-                found[tp] = 0
-                continue
-            low, _ = self._consumer.get_watermark_offsets(TopicPartition(*tp), timeout=15)
-            start = max(high - window, low)
-            last = self._last_visible(tp, start, high)
-            if last is None and start > low:
-                last = self._last_visible(tp, low, high)
-            found[tp] = 0 if last is None else last + 1
+        partitions = self.partitions(topics)
+        stable = self._list_offsets(partitions, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED)
+        earliest = self._list_offsets(partitions, OffsetSpec.earliest(), IsolationLevel.READ_COMMITTED)
+        found = dict.fromkeys(stable, 0)
+        ranges = {
+            tp: (max(end - window, earliest.get(tp, 0)), end)
+            for tp, end in stable.items()
+            if end > earliest.get(tp, 0)
+        }
+        last = self._last_visible(ranges)
+        # Only aborted records or markers in the window: look at the whole partition (rare).
+        again = {
+            tp: (earliest.get(tp, 0), end)
+            for tp, (start, end) in ranges.items()
+            if tp not in last and start > earliest.get(tp, 0)
+        }
+        if again:
+            last.update(self._last_visible(again))
+        for tp, offset in last.items():
+            found[tp] = offset + 1
         return found
 
-    def _last_visible(self, tp: Partition, start: int, high: int) -> int | None:
+    def _last_visible(self, ranges: Mapping[Partition, tuple[int, int]]) -> dict[Partition, int]:
+        """The offset of the last record visible (read_committed) in [start, end) of each partition."""
+        if not ranges:
+            return {}
         reader = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -136,24 +238,31 @@ class KafkaPositions:
                 "log_level": 3,
             }
         )
-        last = None
+        last: dict[Partition, int] = {}
         try:
-            reader.assign([TopicPartition(tp[0], tp[1], start)])
+            reader.assign([TopicPartition(t, p, start) for (t, p), (start, _) in ranges.items()])
+            open_partitions = set(ranges)
             idle = 0
-            while idle < 10:
-                messages = reader.consume(num_messages=500, timeout=0.5)
+            while open_partitions and idle < 10:
+                messages = reader.consume(num_messages=5000, timeout=0.5)
                 idle = 0 if messages else idle + 1
-                eof = False
                 for message in messages:
+                    tp = (message.topic() or "", message.partition() or 0)
                     error = message.error()
                     if error is not None:
-                        eof = eof or error.code() == KafkaError._PARTITION_EOF
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            open_partitions.discard(tp)
                         continue
                     offset = message.offset() or 0
-                    if offset < high:
-                        last = offset if last is None else max(last, offset)
-                if eof:
-                    break
+                    if tp in ranges and offset < ranges[tp][1]:
+                        last[tp] = max(last.get(tp, offset), offset)
+                        if offset + 1 >= ranges[tp][1]:
+                            open_partitions.discard(tp)
+        except KafkaException as exc:
+            raise RetriableError(
+                f"Kafka at {self.bootstrap}: cannot read the topics' last records: {exc}",
+                code=ErrorCode.KAFKA_DELIVERY_FAILED,
+            ) from exc
         finally:
             reader.close()
         return last
@@ -165,11 +274,9 @@ class KafkaPositions:
             return {}
         reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "log_level": 3})
         try:
-            found = reader.committed(partitions, timeout=15)
-        except KafkaException as exc:
-            raise RetriableError(
-                f"cannot read the offsets of group {group}: {exc}", code=ErrorCode.KAFKA_DELIVERY_FAILED
-            ) from exc
+            found = self._retrying(
+                f"read the offsets of group {group}", lambda: reader.committed(partitions, timeout=15)
+            )
         finally:
             reader.close()
         return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
@@ -222,7 +329,7 @@ class KafkaPositions:
         return counts
 
     def close(self) -> None:
-        """Close the metadata client."""
+        """Close the metadata client (the admin client needs no closing)."""
         self._consumer.close()
 
 

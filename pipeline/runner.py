@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry
 
 from pacs_sync.errors import ConfigurationError
 from pacs_sync.metrics import SupervisorMetrics, serve
+from pacs_sync.state_files import SETTING as STATE_DIR_SETTING
+from pacs_sync.state_files import create_once, ensure_state_dir, write_atomic
 from pipeline.settings import PipelineSettings
 from pipeline.supervisor import StageCommand, Supervisor, pipeline_stages
 from pipeline.sync import pipeline_pid_file, pipeline_running
@@ -41,12 +43,17 @@ def local_api_env(settings: PipelineSettings) -> dict[str, str]:
 
 
 def _secret_file(path: Path, fresh: str) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(fresh)
-    return path.read_text().strip()
+    # Created complete or not at all (a secret cut short by a full disk would be reused by every
+    # later run); the first writer wins if two runs race.
+    secret = create_once(path, fresh)
+    if len(secret) < len(fresh):  # generated secrets have a fixed length: this one was cut off
+        raise ConfigurationError(
+            f"the generated secret {path} is shorter than it was generated (cut off by an earlier "
+            "failed write?); delete it so that a new one is generated",
+            setting=STATE_DIR_SETTING,
+            path=str(path),
+        )
+    return secret
 
 
 def demo_token(jwt_secret: str, ttl: timedelta = timedelta(hours=12)) -> str:
@@ -64,7 +71,12 @@ def serve_pipeline(
     with_api: bool = True,
     announce: Callable[[str], None] = lambda _: None,
 ) -> None:
-    """Run every stage until SIGINT/SIGTERM; one supervisor per state dir."""
+    """Run every stage until SIGINT/SIGTERM; one supervisor per state dir.
+
+    The state dir is checked first (PACS-008 naming ``PACS_STATE_DIR`` if it cannot take a file), so
+    an unusable one fails before any stage starts; a failure after that stops the stages started.
+    """
+    ensure_state_dir(settings.state_dir)
     if pipeline_running(settings):
         raise ConfigurationError(
             f"a pipeline already runs for state dir {settings.state_dir} (PACS_STATE_DIR); stop it first"
@@ -96,8 +108,7 @@ def serve_pipeline(
         SupervisorMetrics.create(registry),
         pids_file=pid_file.with_suffix(".stages.json"),
     )
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text(f"{os.getpid()}\n")
+    write_atomic(pid_file, f"{os.getpid()}\n")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pacs_sync.metrics import SupervisorMetrics
 from pacs_sync.stack.processes import tail
+from pacs_sync.state_files import state_dir_error, write_atomic
 from pipeline.settings import PipelineSettings
 
 logger = logging.getLogger(__name__)
@@ -96,14 +97,21 @@ class Supervisor:
         return self.log_dir / f"{name}.log"
 
     def start(self) -> None:
-        """Start every stage."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        """Start every stage (on failure the ones already started keep running: see :meth:`run_until`)."""
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_dir_error(self.log_dir, exc, "create the log directory") from exc
         for running in self._stages.values():
             self._spawn(running)
 
     def _spawn(self, running: _Running) -> None:
         command = running.command
-        with self.log_file(command.name).open("ab") as log:
+        try:
+            log = self.log_file(command.name).open("ab")
+        except OSError as exc:
+            raise state_dir_error(self.log_file(command.name), exc, "open the log") from exc
+        with log:
             running.process = subprocess.Popen(
                 command.argv,
                 env={**os.environ, **command.env},
@@ -122,8 +130,7 @@ class Supervisor:
 
     def _write_pids(self) -> None:
         if self.pids_file is not None:
-            self.pids_file.parent.mkdir(parents=True, exist_ok=True)
-            self.pids_file.write_text(json.dumps(self.pids()))
+            write_atomic(self.pids_file, json.dumps(self.pids()))
 
     def check(self) -> list[str]:
         """Reap crashed stages and restart those whose backoff has passed; returns the names restarted."""
@@ -193,14 +200,23 @@ class Supervisor:
                     process.wait(timeout=10)
             for running in self._stages.values():
                 running.process = None
+                running.restart_at = None  # a check() racing this stop must not start it again
                 self.metrics.stage_up.labels(running.command.name).set(0)
         logger.info("all stages stopped")
 
     def run_until(self, stop: threading.Event, *, interval_s: float = 0.5) -> None:
-        """Start, supervise until ``stop`` is set, then stop everything."""
-        self.start()
+        """Start, supervise until ``stop`` is set, then stop everything.
+
+        Whatever fails once a stage started (a later stage's start, a restart, writing the pids),
+        every stage started is stopped before the error propagates: none is left unsupervised.
+        """
         try:
-            while not stop.wait(interval_s):
-                self.check()
+            self.start()
+            self.supervise(stop, interval_s=interval_s)
         finally:
             self.stop()
+
+    def supervise(self, stop: threading.Event, *, interval_s: float = 0.5) -> None:
+        """Restart crashed stages until ``stop`` is set (the caller started and will stop them)."""
+        while not stop.wait(interval_s):
+            self.check()

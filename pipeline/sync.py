@@ -15,10 +15,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pacs_sync.errors import ErrorCode, FatalError, RetriableError
+from pacs_sync.errors import ErrorCode, FatalError, PacsSyncError, RetriableError
 from pacs_sync.lsn import Lsn
 from pacs_sync.metrics import SupervisorMetrics
 from pacs_sync.stack.processes import is_running, read_pid
+from pacs_sync.state_files import ensure_state_dir
 from pacs_sync.sweeps import sweeps_topic
 from pipeline.catchup import (
     TABLE_ENTITIES,
@@ -130,12 +131,18 @@ class SyncUntilCaughtUp:
         self.full = full
         self.timeout_s = timeout_s
         self.on_progress = on_progress or (lambda _: None)
+        self._supervisor_error: PacsSyncError | None = None
         self.producer_settings = ProducerSettings.load(
             topic_prefix=settings.topic_prefix, state_dir=settings.state_dir, db_name=settings.db_name
         )
 
     def run(self, stop: threading.Event | None = None) -> SyncResult:
-        """Sync, wait until caught up, summarise; stages this started are stopped again."""
+        """Sync, wait until caught up, summarise; stages this started are stopped again.
+
+        The state dir is checked first (PACS-008 naming ``PACS_STATE_DIR``): nothing is asked of the
+        producer and nothing started when it cannot take a file.
+        """
+        ensure_state_dir(self.settings.state_dir)
         stop = stop or threading.Event()
         started = time.monotonic()
         kafka = KafkaPositions(self.settings.kafka_bootstrap_servers)
@@ -158,16 +165,22 @@ class SyncUntilCaughtUp:
             logger.info("asked the producer to re-snapshot %s", ", ".join(tables))
         supervisor = None
         supervisor_stop = threading.Event()
-        if not pipeline_running(self.settings):
-            from prometheus_client import CollectorRegistry
-
-            supervisor = Supervisor(
-                self.settings, pipeline_stages(self.settings), SupervisorMetrics.create(CollectorRegistry())
-            )
-            threading.Thread(target=supervisor.run_until, args=(supervisor_stop,), daemon=True).start()
         state = {e: EntityProgress(e) for e in self.entities}
         deadline = time.monotonic() + self.timeout_s
         try:
+            if not pipeline_running(self.settings):
+                from prometheus_client import CollectorRegistry
+
+                supervisor = Supervisor(
+                    self.settings,
+                    pipeline_stages(self.settings),
+                    SupervisorMetrics.create(CollectorRegistry()),
+                )
+                # Started here, inside the try: a failure stops what started (finally below).
+                supervisor.start()
+                threading.Thread(
+                    target=self._supervise, args=(supervisor, supervisor_stop, stop), daemon=True
+                ).start()
             self._wait(stop, deadline, "the producer", lambda: self._published(target_lsn, state))
             change_ends = kafka.data_ends(change_topics.values())
             self._wait(
@@ -213,8 +226,17 @@ class SyncUntilCaughtUp:
             result.entities.append(EntitySummary(entity, events.get(topic, 0), rejected, seconds))
         return result
 
+    def _supervise(self, supervisor: Supervisor, until: threading.Event, stop: threading.Event) -> None:
+        try:
+            supervisor.supervise(until)
+        except PacsSyncError as exc:  # e.g. a restart could not open its log: the sync stops with it
+            self._supervisor_error = exc
+            stop.set()
+
     def _wait(self, stop: threading.Event, deadline: float, what: str, done: Callable[[], bool]) -> None:
-        while not done():
+        while not self._check(done):
+            if self._supervisor_error is not None:
+                raise self._supervisor_error
             if stop.is_set():
                 raise FatalError("sync cancelled", code=ErrorCode.SYNC_TIMEOUT)
             if time.monotonic() > deadline:
@@ -224,6 +246,15 @@ class SyncUntilCaughtUp:
                 )
             stop.wait(1.0)
         logger.info("%s caught up", what)
+
+    @staticmethod
+    def _check(done: Callable[[], bool]) -> bool:
+        """``done()``, a retriable error (Kafka settling, a stage restarting) counting as "not yet"."""
+        try:
+            return done()
+        except RetriableError as exc:
+            logger.warning("%s; asking again", exc)
+            return False
 
     def _published(self, target_lsn: Lsn | None, state: dict[str, EntityProgress]) -> bool:
         try:

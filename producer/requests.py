@@ -9,11 +9,10 @@ request only after the re-snapshot is committed: a crash in between repeats it, 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from pacs_sync.state_files import write_atomic
 from producer.mapping import TABLES
 
 
@@ -34,11 +33,8 @@ def request_resnapshot(path: Path, tables: Iterable[str]) -> list[str]:
 
 
 def _write(path: Path, tables: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename: the producer never reads half a request.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        json.dump({"tables": tables}, tmp)
-    os.replace(tmp.name, path)
+    # Atomic: the producer never reads half a request, and a failed write leaves no temporary file.
+    write_atomic(path, json.dumps({"tables": tables}))
 
 
 def pending_resnapshot(path: Path) -> list[str]:

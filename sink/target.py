@@ -15,7 +15,14 @@ from typing import Any
 import asyncpg
 
 from pacs_sync.errors import ErrorCode, PacsSyncError
-from pacs_sync.pg_async import apply_migrations, open_pool, server_message, server_name, translate_async_error
+from pacs_sync.pg_async import (
+    acquire,
+    apply_migrations,
+    open_pool,
+    server_message,
+    server_name,
+    translate_async_error,
+)
 from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter
 from sink.errors import TargetUnavailableError
@@ -86,7 +93,7 @@ class TargetDatabase:
             self._pool, "sink", schema=SYNC_SCHEMA, lock_id=7340032, server=self.server
         )
         try:
-            async with self._pool.acquire() as conn:
+            async with acquire(self._pool) as conn:
                 for spec in ENTITIES.values():
                     await conn.execute(statements.public_view(spec))
         except Exception as exc:
@@ -98,7 +105,8 @@ class TargetDatabase:
     async def load_offsets(self, consumer: str) -> dict[TablePosition, int]:
         """The next offset to read of every partition ``consumer`` has written to."""
         try:
-            rows = await self._pool.fetch(statements.load_offsets(), consumer)
+            async with acquire(self._pool) as conn:
+                rows = await conn.fetch(statements.load_offsets(), consumer)
         except Exception as exc:
             raise _translate(exc, self.server) from exc
         return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
@@ -135,7 +143,7 @@ class TargetDatabase:
         """
         result = BatchResult()
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with acquire(self._pool) as conn, conn.transaction():
                 for entity, batch in records.items():
                     if not batch:
                         continue
@@ -210,20 +218,25 @@ class TargetDatabase:
     async def execute(self, sql: str, *args: Any) -> str:
         """Run one statement on a pooled connection (translated errors)."""
         try:
-            return str(await self._pool.execute(sql, *args))
+            async with acquire(self._pool) as conn:
+                return str(await conn.execute(sql, *args))
         except Exception as exc:
             raise _translate(exc, self.server) from exc
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Run one query on a pooled connection (translated errors)."""
         try:
-            return list(await self._pool.fetch(sql, *args))
+            async with acquire(self._pool) as conn:
+                return list(await conn.fetch(sql, *args))
         except Exception as exc:
             raise _translate(exc, self.server) from exc
 
     def acquire(self) -> Any:
-        """A pooled connection (``async with``), for multi-statement work such as the resync swap."""
-        return self._pool.acquire()
+        """A pooled connection (``async with``), for multi-statement work such as the resync swap.
+
+        One that fails with a lost connection is terminated, not returned to the pool.
+        """
+        return acquire(self._pool)
 
 
 def _translate(exc: BaseException, server: str) -> PacsSyncError:

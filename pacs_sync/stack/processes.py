@@ -14,10 +14,11 @@ logger = logging.getLogger(__name__)
 
 
 def read_pid(pid_file: Path) -> int | None:
-    """The pid recorded in ``pid_file``, or None if there is none."""
+    """The pid recorded in ``pid_file``, or None if there is none (or it cannot be read: a state dir
+    under a regular file, no permission; whoever writes there next reports why)."""
     try:
         return int(pid_file.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -387,12 +387,6 @@ def test_an_event_too_large_to_dead_letter_loses_no_valid_change(
     assert p.stage_pids() == pids or not crashed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the sink writes date 0001-01-01 as -infinity and 9999-12-31 (SQL Server's usual open end) "
-    "as infinity: asyncpg's binary date codec maps date.min/date.max to the infinities (sink/target.py, "
-    "COPY through asyncpg); verify reports such rows as different",
-)
 @pytest.mark.timeout(120)
 def test_extreme_dates_are_stored_as_dates(fault_pipeline: Callable[..., FaultPipeline]) -> None:
     """The sink alone: one clean owner record with SQL Server's earliest and latest dates."""

@@ -115,9 +115,8 @@ def test_a_postgres_restart_during_a_sink_batch_loses_nothing(
         postgres_down_s=round(down_s, 1),
         answered_while_down=answered,
         sink_reported=[line[-200:] for line in reported[:3]],
-        # Usually the sink retries in-process (PACS-001); sometimes asyncpg reports the cut connection
-        # as an InternalClientError, which is fatal PACS-013: the sink exits and the supervisor
-        # restarts it (RELIABILITY.md, known problems). Either way the batch in flight rolled back.
+        # Every form of the cut connection (asyncpg's InternalClientError "cannot switch to state"
+        # included) is PACS-001: the sink retries in-process; the supervisor must not be needed.
         sink_recovered="retried in-process" if after.get("sink") == before["sink"] else "exited, restarted",
         pids={"before": before, "after": after},
     )
@@ -125,4 +124,7 @@ def test_a_postgres_restart_during_a_sink_batch_loses_nothing(
     assert started
     assert answered is None
     assert reported, "the sink's log does not show the lost connection"
+    assert any("PACS-001" in line for line in reported), reported
+    assert not [line for line in reported if "PACS-013" in line], "the lost connection was fatal"
+    assert after.get("sink") == before["sink"], "the sink exited instead of retrying in-process"
     p.check_nothing_lost_nothing_twice()

@@ -35,10 +35,6 @@ def disk_full() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
 
-class UnclearStateDirError(AssertionError):
-    """The known bug this scenario shows (see the xfail reason)."""
-
-
 def leftovers(state: Path) -> list[str]:
     """Half-written state: temporary files left behind, empty files, files cut off at the size limit,
     unparsable pid or JSON files (logs are append-only and not state: a full disk truncates them)."""
@@ -90,15 +86,6 @@ def outcome(done: subprocess.CompletedProcess[str], state: Path) -> dict[str, ob
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnclearStateDirError,
-    reason="bug: an unusable state dir ends `pacs-sync run` and `pacs-sync sync --full` with a Python "
-    "traceback (NotADirectoryError, OSError EFBIG), not a PACS-0xx message naming the path; `run` on a full "
-    "disk leaves a stage running unsupervised (pipeline/supervisor.py run_until starts outside its "
-    "try/finally) and a truncated API secret (pipeline/runner.py _secret_file); a failed re-snapshot "
-    "request leaves its .tmp file (producer/requests.py _write)",
-)
 @pytest.mark.timeout(300)
 def test_an_unusable_state_dir_gives_a_clear_error_and_no_partial_state(
     fault_pipeline: Callable[..., FaultPipeline], tmp_path: Path
@@ -129,8 +116,7 @@ def test_an_unusable_state_dir_gives_a_clear_error_and_no_partial_state(
                     os.kill(pid, signal.SIGKILL)
     p.note("state-dir", results=results)
 
-    # What holds today: every command fails, and the re-snapshot request file itself (written to a
-    # temporary file, then renamed) is never half-written.
+    # Every command fails, and no state file (request, pid, pids, secret) is ever half-written.
     assert all(r["exit_code"] != 0 for r in results.values()), results
     assert not any("JSON" in item for r in results.values() for item in r["leftovers"])  # type: ignore[attr-defined]
     unclear = {
@@ -143,5 +129,4 @@ def test_an_unusable_state_dir_gives_a_clear_error_and_no_partial_state(
         or r.get("stages_left_running")
         or r["exit_code"] not in (1, 2)
     }
-    if unclear:
-        raise UnclearStateDirError(f"unclear errors or partial state: {json.dumps(unclear, indent=1)}")
+    assert not unclear, f"unclear errors or partial state: {json.dumps(unclear, indent=1)}"

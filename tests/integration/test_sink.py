@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -451,3 +451,99 @@ def test_a_re_snapshot_sweep_marks_only_older_rows_the_source_no_longer_has(rig:
         f"SELECT next_offset FROM pacs_sync.sync_offsets WHERE topic = '{sweeps_topic(topic_prefix, 'pacs')}'"
     )
     assert offsets[0][0] == 2 * len(sweeps)
+
+
+def test_the_extreme_dates_round_trip_exactly(rig: SinkRig) -> None:
+    """SQL Server's 0001-01-01 and 9999-12-31 are stored as those dates, never as -infinity/infinity."""
+    owner = {
+        "owner_id": 1,
+        "property_id": 2,
+        "owner_name": "Open End Trust",
+        "owner_type": "trust",
+        "ownership_pct": Decimal("100.00"),
+        "start_date": date(1, 1, 1),
+        "end_date": date(9999, 12, 31),
+        "source_commit_lsn": lsn(10),
+        "source_change_lsn": lsn(10),
+        "source_serial": 2,
+        "source_ts": datetime.now(tz=UTC),
+        "deleted": False,
+    }
+    ordinary = {**owner, "owner_id": 2, "start_date": date(2020, 2, 29), "end_date": date(2030, 1, 1)}
+    rig.send("owners", [owner, ordinary], partitions=1)
+    rig.run()
+    stored = rig.rows(
+        "SELECT owner_id, start_date::text, end_date::text, isfinite(end_date) "
+        "FROM pacs_sync.owners ORDER BY 1"
+    )
+    assert [tuple(r) for r in stored] == [
+        (1, "0001-01-01", "9999-12-31", True),
+        (2, "2020-02-29", "2030-01-01", True),
+    ]
+
+    # Read back through the sink's own pool (its codec): the same dates.
+    async def read() -> list[tuple[Any, ...]]:
+        target = await TargetDatabase.connect(rig.settings().target_parts)
+        try:
+            rows = await target.fetch("SELECT start_date, end_date FROM pacs_sync.owners ORDER BY owner_id")
+        finally:
+            await target.close()
+        return [tuple(r) for r in rows]
+
+    assert asyncio.run(read()) == [(date(1, 1, 1), date(9999, 12, 31)), (date(2020, 2, 29), date(2030, 1, 1))]
+
+
+def test_a_connection_cut_inside_a_copy_is_a_retriable_lost_connection(rig: SinkRig) -> None:
+    """A backend terminated while the sink COPYs (as a PostgreSQL restart does) is PACS-001, never fatal.
+
+    asyncpg reports most of these cuts as InternalClientError("cannot switch to state 15; another
+    operation (2) is in progress"); the pool must drop the broken connection, so the retry works.
+    """
+    from sink.changes import ConsumedRecord, to_row
+    from sink.errors import TargetUnavailableError
+    from sink.tables import ENTITIES
+
+    spec = ENTITIES["valuations"]
+    batch = [ConsumedRecord(to_row(spec, valuation(i, 10 + i)), "t", 0, i, None, b"") for i in range(30_000)]
+    forms: list[str] = []
+
+    async def go() -> None:
+        target = await TargetDatabase.connect(rig.settings().target_parts, pool_size=1)
+        killer = await asyncpg.connect(rig.dsn)
+        try:
+            await target.migrate()
+            for attempt in range(6):
+                pid = (await target.fetch("SELECT pg_backend_pid()"))[0][0]
+                write = asyncio.create_task(target.write_batch("cut", {"valuations": batch}, {("t", 0): 1}))
+                for _ in range(500):  # cut it inside the COPY
+                    query = await killer.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+                    if (query or "").startswith("COPY") or write.done():
+                        break
+                    await asyncio.sleep(0.002)
+                await asyncio.sleep(0.01 * attempt)
+                await killer.execute("SELECT pg_terminate_backend($1)", pid)
+                (failed,) = await asyncio.wait_for(asyncio.gather(write, return_exceptions=True), timeout=60)
+                if isinstance(failed, BaseException):
+                    assert isinstance(failed, TargetUnavailableError), repr(failed)
+                    assert failed.retriable
+                    assert failed.code.value == "PACS-001"
+                    forms.append(f"{type(failed.__cause__).__name__}: {failed.__cause__}"[:80])
+                else:
+                    forms.append("committed before the cut")
+                # The broken connection is dropped: a statement on it fails at most once (a cut that
+                # landed while it was idle in the pool), as PACS-001; the retry runs on a new backend.
+                try:
+                    new_pid = (await target.fetch("SELECT pg_backend_pid()"))[0][0]
+                except TargetUnavailableError:
+                    forms.append("idle connection cut, dropped on its next use")
+                    new_pid = (await target.fetch("SELECT pg_backend_pid()"))[0][0]
+                assert new_pid != pid
+            await target.write_batch("cut", {"valuations": batch}, {("t", 0): 30_000})
+        finally:
+            await killer.close()
+            await target.close()
+
+    asyncio.run(go())
+    print(f"cut forms: {forms}")  # noqa: T201 - which forms asyncpg used this run
+    assert any(form != "committed before the cut" for form in forms), forms
+    assert rig.rows("SELECT count(*) FROM pacs_sync.valuations")[0][0] == 30_000

@@ -126,3 +126,91 @@ def test_progress_line_names_the_entity_and_both_shares() -> None:
     assert line.startswith("owners")
     assert "50.0%" in line
     assert "25.0%" in line
+
+
+def test_a_failure_after_a_stage_started_stops_the_started_stages(tmp_path: Path) -> None:
+    """A later stage that cannot start (its log cannot be opened) must not leave the first one running."""
+    import threading
+
+    from pacs_sync.errors import ConfigurationError
+
+    first = StageCommand("first", python("import time; time.sleep(60)"))
+    second = StageCommand("second", python("import time; time.sleep(60)"))
+    supervisor = Supervisor(
+        settings(tmp_path), [first, second], SupervisorMetrics.create(CollectorRegistry())
+    )
+    supervisor.log_file("second").mkdir(parents=True)  # opening it as a file fails
+    started: list[int] = []
+    spawn = supervisor._spawn
+
+    def record(running: object) -> None:
+        spawn(running)  # type: ignore[arg-type]
+        started.extend(pid for pid in supervisor.pids().values() if pid is not None)
+
+    supervisor._spawn = record  # type: ignore[method-assign]
+    with pytest.raises(ConfigurationError, match=r"second\.log"):
+        supervisor.run_until(threading.Event())
+    assert started, "the first stage never started"
+    for pid in started:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+        ), "a started stage was left running"
+
+
+def test_kafka_positions_ask_again_while_the_cluster_settles(monkeypatch: pytest.MonkeyPatch) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pacs_sync.errors import ErrorCode, FatalError, RetriableError
+    from pipeline import catchup
+
+    slept: list[float] = []
+    monkeypatch.setattr(catchup.time, "sleep", slept.append)
+    kafka = catchup.KafkaPositions("127.0.0.1:1", retry_s=5.0)
+    try:
+        answers = iter([KafkaError.LEADER_NOT_AVAILABLE, KafkaError.NOT_LEADER_FOR_PARTITION, None])
+
+        def settling() -> str:
+            code = next(answers)
+            if code is not None:
+                raise KafkaException(KafkaError(code))
+            return "ends"
+
+        assert kafka._retrying("list offsets", settling) == "ends"
+        assert slept == [0.2, 0.4]
+
+        def no_leader() -> str:
+            raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))
+
+        with pytest.raises(RetriableError, match="still failing") as caught:
+            kafka._retrying("list offsets", no_leader)
+        assert caught.value.code is ErrorCode.KAFKA_DELIVERY_FAILED
+
+        def unreachable() -> str:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+        with pytest.raises(RetriableError) as down:
+            kafka._retrying("list offsets", unreachable)
+        assert down.value.code is ErrorCode.CONNECTION_UNAVAILABLE
+
+        def denied() -> str:
+            raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+
+        slept.clear()
+        with pytest.raises(FatalError, match="PACS-010"):
+            kafka._retrying("list offsets", denied)
+        assert slept == []
+    finally:
+        kafka.close()
+
+
+def test_only_settling_kafka_errors_are_transient() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from pipeline.catchup import kafka_error_is_transient
+
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE)))
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)))
+    assert kafka_error_is_transient(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not kafka_error_is_transient(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    assert not kafka_error_is_transient(ValueError("not Kafka"))
