@@ -501,3 +501,43 @@ def test_resync_replays_the_re_snapshot_sweeps_so_swept_rows_stay_deleted(rig: S
     assert valuations(rig) == {**expected, 7: (Decimal("100.00"), False, lsn(600))}
     view = rig.rows("SELECT valuation_id FROM terrafusion.valuations ORDER BY 1")
     assert [r[0] for r in view] == [1, 2, 3, 5, 6, 7]
+
+
+def test_resync_catches_up_with_a_sweep_the_live_sink_applied_during_it(
+    rig: SinkRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep the live sink applies during the rebuild is in the swapped-in table too."""
+    from sink.resync import Resync, run_resync
+
+    topic_prefix = f"s{uuid.uuid4().hex[:8]}"
+    sweep_topic = sweeps_topic(topic_prefix, "pacs")
+
+    def publish(keys: list[int], at: int) -> None:
+        producer = Producer({"bootstrap.servers": rig.bootstrap})
+        for sweep in chunk_sweeps("valuations", "PropertyValue", Lsn.parse(lsn(at)), None, keys, last=True):
+            producer.produce(sweep_topic, key=sweep.entity.encode(), value=sweep.to_json())
+        assert producer.flush(30) == 0
+
+    rig.send("valuations", [valuation(i, 10 + i) for i in range(1, 6)])
+    rig.run(topic_prefix=topic_prefix)  # creates the sweep topic
+    publish([1, 2, 3, 5], 100)
+    rig.run(topic_prefix=topic_prefix)
+    replay_sweeps = Resync._replay_sweeps
+    rounds = 0
+
+    async def and_meanwhile_a_re_snapshot(self: Resync, *args: Any) -> int:
+        nonlocal rounds
+        written = await replay_sweeps(self, *args)
+        rounds += 1
+        if rounds == 1:  # after the replay read the sweep topic's end: 5 goes, the live sink applies it
+            publish([1, 2, 3], 200)
+            await asyncio.to_thread(rig.run, topic_prefix=topic_prefix)
+        return written
+
+    monkeypatch.setattr(Resync, "_replay_sweeps", and_meanwhile_a_re_snapshot)
+    report = asyncio.run(run_resync(rig.settings(topic_prefix=topic_prefix), ["valuations"]))
+    table = valuations(rig)
+    assert table[5] == (None, True, lsn(200)), "the rebuilt table lacks the sweep applied during the resync"
+    assert table[4] == (None, True, lsn(100))
+    assert rounds >= 2
+    assert report.swept == {"valuations": 2}
