@@ -453,8 +453,12 @@ def test_a_re_snapshot_sweep_marks_only_older_rows_the_source_no_longer_has(rig:
     assert offsets[0][0] == 2 * len(sweeps)
 
 
-def test_resync_replays_the_re_snapshot_sweeps_so_swept_rows_stay_deleted(rig: SinkRig) -> None:
+def test_resync_replays_the_re_snapshot_sweeps_so_swept_rows_stay_deleted(
+    rig: SinkRig, caplog: pytest.LogCaptureFixture
+) -> None:
     """The clean topics keep a swept row's last live record: a rebuild must apply the sweeps again."""
+    import logging
+
     from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
     from sink.resync import run_resync
@@ -474,7 +478,9 @@ def test_resync_replays_the_re_snapshot_sweeps_so_swept_rows_stay_deleted(rig: S
     ):
         producer.produce(sweep_topic, key=sweep.entity.encode(), value=sweep.to_json())
     assert producer.flush(30) == 0
-    rig.run(topic_prefix=topic_prefix)
+    with caplog.at_level(logging.WARNING, logger="pacs_sync.kafka_topics"):
+        rig.run(topic_prefix=topic_prefix)
+    assert f"topic {sweep_topic} kept its records for a limited time (retention.ms=604800000)" in caplog.text
 
     config = admin.describe_configs([ConfigResource(ResourceType.TOPIC, sweep_topic)])
     entries = next(iter(config.values())).result(timeout=30)
