@@ -406,6 +406,7 @@ def resync_command(
     for name in report.entities:
         typer.echo(
             f"{name:<11} replayed {report.replayed.get(name, 0):>9,}  rows {report.rows.get(name, 0):>9,}"
+            f"  swept {report.swept.get(name, 0):>7,}"
         )
     typer.echo(
         f"resync run {report.run_id} swapped in {len(report.entities)} tables in {report.seconds:.1f} s"

@@ -193,7 +193,10 @@ class ProducerRunner:
             TopicSpec(offsets_topic(self.settings), 1, compacted=True),
             TopicSpec(heartbeat_topic(self.settings), 1),
             TopicSpec(schemas_topic(self.settings), 1, compacted=True),
-            TopicSpec(sweeps_topic(self.settings.topic_prefix, self.settings.db_name), 1),
+            # Kept as long as the compacted clean topics keep rows: a resync replays both.
+            TopicSpec(
+                sweeps_topic(self.settings.topic_prefix, self.settings.db_name), 1, retain_forever=True
+            ),
         ]
         ensure_topics(self.settings.kafka_bootstrap_servers, specs)
         transactional_id = f"pacs-sync-producer.{self.settings.topic_prefix}.{self.settings.db_name}"

@@ -10,6 +10,21 @@
    the shadow in and re-points the view in one transaction. The live sink goes on from L: the
    records between L and the replay's offsets are already in the new table and the position guard
    makes their re-application a no-op, and nothing after them was skipped. No gap, no duplicate.
+
+Re-snapshot sweeps (:mod:`pacs_sync.sweeps`): a row the source deleted during a lost CDC window
+has no delete record on its compacted clean topic, only its last live one, so replaying the clean
+topic alone would bring it back. After each replay of the clean topic, the entity's sweeps are
+replayed from the sweep topic (kept for good, like the clean topics' rows) into the shadow through
+the sink's own sweep statement. Applying every sweep after the rows is right in any order: a sweep
+only marks rows older than its snapshot position that it does not list, so a row written after
+the snapshot survives, and applying a sweep twice changes nothing. The hand-over checks the live
+sink's sweep offset like its clean offsets: the shadow has every sweep the live sink will not read
+again, and the ones it reads again are no-ops. The resync never moves the live sink's offsets (the
+sweep topic carries every entity's sweeps; entities not resynced still need theirs).
+
+Delete markers purged by ``marker_retention_days`` do not matter here: the rebuild re-creates the
+markers of CDC deletes from the clean topics and of swept rows from the sweeps (stamped with the
+rebuild's time, so the purge removes them again later).
 """
 
 from __future__ import annotations
@@ -21,12 +36,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pacs_sync.errors import ErrorCode, FatalError
+from pacs_sync.sweeps import sweeps_topic
 from schemas.codec import AvroCodec, SchemaRegistry
 from sink import statements
 from sink.changes import DeadLetter
 from sink.kafka_io import DeadLetterProducer, ReplayReader
 from sink.runner import clean_topic, dead_letter_topic, decode_batch
 from sink.settings import SinkSettings
+from sink.sweeps import apply_sweeps, split_sweeps
 from sink.tables import ENTITIES
 from sink.target import TargetDatabase
 
@@ -43,6 +60,8 @@ class ResyncReport:
     entities: list[str]
     replayed: dict[str, int] = field(default_factory=dict)
     """Records read from each entity's topic."""
+    swept: dict[str, int] = field(default_factory=dict)
+    """Delete markers the replayed re-snapshot sweeps wrote into each rebuilt table."""
     rows: dict[str, int] = field(default_factory=dict)
     """Rows in each rebuilt table (live and delete markers)."""
     seconds: float = 0.0
@@ -61,6 +80,7 @@ class Resync:
         self.dead_letters = DeadLetterProducer(
             settings.kafka_bootstrap_servers, dead_letter_topic(settings), self.codec
         )
+        self.sweep_topic = sweeps_topic(settings.topic_prefix, settings.db_name)
 
     async def run(self, entities: Sequence[str]) -> ResyncReport:
         """Rebuild ``entities`` and swap them in; the sync_runs row records the outcome."""
@@ -76,7 +96,7 @@ class Resync:
             for entity in entities:
                 await self.target.execute(statements.create_shadow(ENTITIES[entity]))
             for entity in entities:
-                report.replayed[entity] = await self._rebuild(entity, consumer_key)
+                report.replayed[entity], report.swept[entity] = await self._rebuild(entity, consumer_key)
                 count = await self.target.fetch(statements.count_rows(ENTITIES[entity]))
                 report.rows[entity] = int(count[0][0])
             report.seconds = loop.time() - started
@@ -88,31 +108,46 @@ class Resync:
             await self.target.execute(statements.delete_offsets(), consumer_key)
         return report
 
-    async def _rebuild(self, entity: str, consumer_key: str) -> int:
+    async def _rebuild(self, entity: str, consumer_key: str) -> tuple[int, int]:
+        """Replay ``entity``'s clean topic, then its sweeps, into the shadow; swap it in.
+
+        Returns the clean records read and the delete markers the sweeps wrote.
+        """
         spec = ENTITIES[entity]
         topic = clean_topic(self.settings, entity)
         shadow = spec.table + statements.SHADOW_SUFFIX
+        topics = (topic, self.sweep_topic)
         reader = await asyncio.to_thread(ReplayReader, self.settings.kafka_bootstrap_servers, consumer_key)
-        replayed = 0
+        replayed = swept = 0
         try:
             replay_offsets: dict[tuple[str, int], int] = {}
-            ends = await asyncio.to_thread(reader.end_offsets, [topic])
-            logger.info("resync %s: replaying %s up to %s", entity, topic, ends)
+            ends = await asyncio.to_thread(reader.end_offsets, topics)
+            logger.info("resync %s: replaying %s and %s up to %s", entity, topic, self.sweep_topic, ends)
             for _ in range(_MAX_HANDOVER_ROUNDS):
-                replayed += await self._replay(reader, entity, shadow, consumer_key, replay_offsets, ends)
+                clean_ends = {tp: o for tp, o in ends.items() if tp[0] == topic}
+                sweep_ends = {tp: o for tp, o in ends.items() if tp[0] == self.sweep_topic}
+                replayed += await self._replay(
+                    reader, entity, shadow, consumer_key, replay_offsets, clean_ends
+                )
+                # After the rows: a sweep can only mark a row the shadow already holds.
+                swept += await self._replay_sweeps(
+                    reader, entity, shadow, consumer_key, replay_offsets, sweep_ends
+                )
                 live = {
                     tp: o
                     for tp, o in (await self.target.load_offsets(self.settings.sink_group_id)).items()
-                    if tp[0] == topic
+                    if tp[0] in topics
                 }
                 behind = {tp: o for tp, o in live.items() if replay_offsets.get(tp, 0) < o}
                 if behind:
                     # The live sink moved on while we replayed: catch up to its offsets, then try again.
                     ends = behind
                     continue
-                if await self._swap(entity, topic, replay_offsets):
-                    logger.info("resync %s: swapped in after %d records", entity, replayed)
-                    return replayed
+                if await self._swap(entity, topics, replay_offsets):
+                    logger.info(
+                        "resync %s: swapped in after %d records and %d swept rows", entity, replayed, swept
+                    )
+                    return replayed, swept
             raise FatalError(
                 f"resync of {entity}: the live sink kept moving ahead of the replay for "
                 f"{_MAX_HANDOVER_ROUNDS} rounds; retry when the load is lower",
@@ -155,14 +190,54 @@ class Resync:
             replay_offsets[tp] = max(replay_offsets.get(tp, 0), end)
         return count
 
-    async def _swap(self, entity: str, topic: str, replay_offsets: dict[tuple[str, int], int]) -> bool:
-        """Swap under the exclusive entity lock if the live sink is not ahead of the replay."""
+    async def _replay_sweeps(
+        self,
+        reader: ReplayReader,
+        entity: str,
+        shadow: str,
+        consumer_key: str,
+        replay_offsets: dict[tuple[str, int], int],
+        ends: dict[tuple[str, int], int],
+    ) -> int:
+        """Apply ``entity``'s sweeps before ``ends`` to the shadow; returns the markers written.
+
+        Each batch's sweeps and offsets commit together (under the run's own consumer key), like
+        the live sink's; re-applying one after a failure is a no-op.
+        """
+        if not ends:
+            return 0
+        reader.assign(replay_offsets, ends)
+        markers = 0
+        while not reader.done:
+            messages = await asyncio.to_thread(
+                reader.poll_batch, max(self.settings.batch_size, 5000), self.settings.sink_batch_max_wait_s
+            )
+            if not messages:
+                continue
+            _, batch = split_sweeps(messages, self.sweep_topic)
+            written = await apply_sweeps(self.target, consumer_key, batch, [entity], tables={entity: shadow})
+            markers += written.get(entity, 0)
+            replay_offsets.update(batch.next_offsets)
+        for tp, end in ends.items():
+            replay_offsets[tp] = max(replay_offsets.get(tp, 0), end)
+        return markers
+
+    async def _swap(
+        self, entity: str, topics: Sequence[str], replay_offsets: dict[tuple[str, int], int]
+    ) -> bool:
+        """Swap under the exclusive entity lock if the live sink is not ahead of the replay.
+
+        Ahead on the clean topic or on the sweep topic: the shadow must hold every record and
+        sweep the live sink will not read again. A sweep batch of the live sink that touches this
+        entity takes the lock shared, so it commits before this check or applies to the new table.
+        """
         spec = ENTITIES[entity]
         async with self.target.acquire() as conn, conn.transaction():
             await conn.execute(statements.entity_lock_exclusive(spec))
             rows = await conn.fetch(statements.load_offsets(), self.settings.sink_group_id)
             if any(
-                r["topic"] == topic and replay_offsets.get((topic, r["partition"]), 0) < r["next_offset"]
+                r["topic"] in topics
+                and replay_offsets.get((r["topic"], r["partition"]), 0) < r["next_offset"]
                 for r in rows
             ):
                 return False  # a batch committed between our check and the lock: roll back, catch up
@@ -171,7 +246,12 @@ class Resync:
         return True
 
     async def _finish(self, report: ResyncReport, state: str, *, error: str | None = None) -> None:
-        detail = {"replayed": report.replayed, "rows": report.rows, "seconds": round(report.seconds, 3)}
+        detail = {
+            "replayed": report.replayed,
+            "swept": report.swept,
+            "rows": report.rows,
+            "seconds": round(report.seconds, 3),
+        }
         if error:
             detail["error"] = error
         try:

@@ -147,7 +147,11 @@ class SinkRunner:
         ensure_topics(
             self.settings.kafka_bootstrap_servers,
             [TopicSpec(topic, 3, compacted=True) for topic in self.entity_of]
-            + [TopicSpec(dead_letter_topic(self.settings), 1), TopicSpec(self.sweep_topic, 1)],
+            + [
+                TopicSpec(dead_letter_topic(self.settings), 1),
+                # Kept as long as the compacted clean topics keep rows: a resync replays both.
+                TopicSpec(self.sweep_topic, 1, retain_forever=True),
+            ],
         )
         loop = asyncio.get_running_loop()
         backoff = 0.5

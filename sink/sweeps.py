@@ -9,7 +9,7 @@ changes nothing (a swept row is no longer older than the sweep).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Message
@@ -79,12 +79,18 @@ def split_sweeps(messages: Sequence[Message], topic: str) -> tuple[list[Message]
 
 
 async def apply_sweeps(
-    target: TargetDatabase, consumer: str, batch: SweepBatch, entities: Iterable[str]
+    target: TargetDatabase,
+    consumer: str,
+    batch: SweepBatch,
+    entities: Iterable[str],
+    *,
+    tables: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
     """Apply the sweeps of the entities this sink writes, then save the sweep offsets; one transaction.
 
     Returns the delete markers written per entity. Each entity's sweep takes the entity's advisory
     lock shared, as the batch writers do, so a resync's swap happens before or after it.
+    ``tables`` maps an entity to another table (the resync's shadow), as in ``write_batch``.
     """
     written = set(entities)
     markers: dict[str, int] = {}
@@ -96,7 +102,7 @@ async def apply_sweeps(
                     continue
                 await conn.execute(statements.entity_lock(spec))
                 status = await conn.execute(
-                    sweep_statement(spec),
+                    sweep_statement(spec, (tables or {}).get(sweep.entity)),
                     str(sweep.commit_lsn),
                     sweep.position,
                     sweep.after_key,

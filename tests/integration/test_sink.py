@@ -547,3 +547,99 @@ def test_a_connection_cut_inside_a_copy_is_a_retriable_lost_connection(rig: Sink
     print(f"cut forms: {forms}")  # noqa: T201 - which forms asyncpg used this run
     assert any(form != "committed before the cut" for form in forms), forms
     assert rig.rows("SELECT count(*) FROM pacs_sync.valuations")[0][0] == 30_000
+
+
+def test_resync_replays_the_re_snapshot_sweeps_so_swept_rows_stay_deleted(
+    rig: SinkRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The clean topics keep a swept row's last live record: a rebuild must apply the sweeps again."""
+    import logging
+
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+    from sink.resync import run_resync
+
+    topic_prefix = f"s{uuid.uuid4().hex[:8]}"
+    sweep_topic = sweeps_topic(topic_prefix, "pacs")
+    admin = AdminClient({"bootstrap.servers": rig.bootstrap})
+    # As an older version created it: the broker's time-limited retention.
+    created = admin.create_topics([NewTopic(sweep_topic, 1, config={"retention.ms": "604800000"})])
+    created[sweep_topic].result(timeout=30)
+    rig.send("valuations", [valuation(i, 10 + i) for i in range(1, 7)])
+    rig.send("valuations", [valuation(6, 500, assessed="6.00")])
+    # The re-snapshot at LSN 100 found 1, 2, 3, 5: 4 was deleted in the lost window, 6 changed after.
+    producer = Producer({"bootstrap.servers": rig.bootstrap})
+    for sweep in chunk_sweeps(
+        "valuations", "PropertyValue", Lsn.parse(lsn(100)), None, [1, 2, 3, 5], last=True
+    ):
+        producer.produce(sweep_topic, key=sweep.entity.encode(), value=sweep.to_json())
+    assert producer.flush(30) == 0
+    with caplog.at_level(logging.WARNING, logger="pacs_sync.kafka_topics"):
+        rig.run(topic_prefix=topic_prefix)
+    assert f"topic {sweep_topic} kept its records for a limited time (retention.ms=604800000)" in caplog.text
+
+    config = admin.describe_configs([ConfigResource(ResourceType.TOPIC, sweep_topic)])
+    entries = next(iter(config.values())).result(timeout=30)
+    assert (entries["retention.ms"].value, entries["retention.bytes"].value) == ("-1", "-1")
+    assert entries["cleanup.policy"].value == "delete"
+    expected = {
+        **{i: (Decimal("100.00"), False, lsn(10 + i)) for i in (1, 2, 3, 5)},
+        4: (None, True, lsn(100)),
+        6: (Decimal("6.00"), False, lsn(500)),
+    }
+    assert valuations(rig) == expected
+
+    report = asyncio.run(run_resync(rig.settings(topic_prefix=topic_prefix), ["valuations"]))
+    assert valuations(rig) == expected, "the rebuild brought back a row the re-snapshot swept"
+    assert report.swept == {"valuations": 1}
+    assert rig.rows("SELECT to_regclass('pacs_sync.valuations__shadow') IS NULL")[0][0]
+
+    # Once the purge dropped the marker, a rebuild marks the row again (and the view still hides it).
+    rig.rows("UPDATE pacs_sync.valuations SET synced_at = now() - interval '10 days' WHERE valuation_id = 4")
+    rig.send("valuations", [valuation(7, 600)])
+    rig.run(topic_prefix=topic_prefix, marker_retention_days=5)
+    assert 4 not in valuations(rig)
+    asyncio.run(run_resync(rig.settings(topic_prefix=topic_prefix), ["valuations"]))
+    assert valuations(rig) == {**expected, 7: (Decimal("100.00"), False, lsn(600))}
+    view = rig.rows("SELECT valuation_id FROM terrafusion.valuations ORDER BY 1")
+    assert [r[0] for r in view] == [1, 2, 3, 5, 6, 7]
+
+
+def test_resync_catches_up_with_a_sweep_the_live_sink_applied_during_it(
+    rig: SinkRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep the live sink applies during the rebuild is in the swapped-in table too."""
+    from sink.resync import Resync, run_resync
+
+    topic_prefix = f"s{uuid.uuid4().hex[:8]}"
+    sweep_topic = sweeps_topic(topic_prefix, "pacs")
+
+    def publish(keys: list[int], at: int) -> None:
+        producer = Producer({"bootstrap.servers": rig.bootstrap})
+        for sweep in chunk_sweeps("valuations", "PropertyValue", Lsn.parse(lsn(at)), None, keys, last=True):
+            producer.produce(sweep_topic, key=sweep.entity.encode(), value=sweep.to_json())
+        assert producer.flush(30) == 0
+
+    rig.send("valuations", [valuation(i, 10 + i) for i in range(1, 6)])
+    rig.run(topic_prefix=topic_prefix)  # creates the sweep topic
+    publish([1, 2, 3, 5], 100)
+    rig.run(topic_prefix=topic_prefix)
+    replay_sweeps = Resync._replay_sweeps
+    rounds = 0
+
+    async def and_meanwhile_a_re_snapshot(self: Resync, *args: Any) -> int:
+        nonlocal rounds
+        written = await replay_sweeps(self, *args)
+        rounds += 1
+        if rounds == 1:  # after the replay read the sweep topic's end: 5 goes, the live sink applies it
+            publish([1, 2, 3], 200)
+            await asyncio.to_thread(rig.run, topic_prefix=topic_prefix)
+        return written
+
+    monkeypatch.setattr(Resync, "_replay_sweeps", and_meanwhile_a_re_snapshot)
+    report = asyncio.run(run_resync(rig.settings(topic_prefix=topic_prefix), ["valuations"]))
+    table = valuations(rig)
+    assert table[5] == (None, True, lsn(200)), "the rebuilt table lacks the sweep applied during the resync"
+    assert table[4] == (None, True, lsn(100))
+    assert rounds >= 2
+    assert report.swept == {"valuations": 2}
