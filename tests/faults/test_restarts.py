@@ -117,14 +117,15 @@ def test_a_postgres_restart_during_a_sink_batch_loses_nothing(
         sink_reported=[line[-200:] for line in reported[:3]],
         # Every form of the cut connection (asyncpg's InternalClientError "cannot switch to state"
         # included) is PACS-001: the sink retries in-process; the supervisor must not be needed.
+        # When the batch sampled in its transaction commits before the server goes down, the sink
+        # meets only idle pooled connections, which the pool replaces without an error to report.
         sink_recovered="retried in-process" if after.get("sink") == before["sink"] else "exited, restarted",
         pids={"before": before, "after": after},
     )
     assert stopped
     assert started
     assert answered is None
-    assert reported, "the sink's log does not show the lost connection"
-    assert any("PACS-001" in line for line in reported), reported
+    assert all("PACS-001" in line for line in reported), reported
     assert not [line for line in reported if "PACS-013" in line], "the lost connection was fatal"
     assert after.get("sink") == before["sink"], "the sink exited instead of retrying in-process"
     p.check_nothing_lost_nothing_twice()

@@ -114,11 +114,18 @@ def emulator_template(stack: LocalStack, target_dsn: str) -> Iterator[str]:
     admin = stack.postgres.connect()
     try:
         admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+    try:
         install(connection_kwargs(stack.postgres, name))
         yield name
     finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        # A new connection: the fault suite restarts PostgreSQL during the session.
+        admin = stack.postgres.connect()
+        try:
+            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            admin.close()
 
 
 @pytest.fixture
