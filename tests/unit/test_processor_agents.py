@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from stream_processors import app as app_module
 from stream_processors.app import create_app
 from stream_processors.handling import OutRecord
 from stream_processors.settings import ProcessorSettings
+from tests.unit.property_events import property_insert
 
 CODEC = AvroCodec(SchemaRegistry.from_package())
 
@@ -36,41 +35,6 @@ class CapturingOutput:
 
     def flush(self) -> None:
         self.flushes += 1
-
-
-def _event(pid: int, zip_code: str) -> bytes:
-    row = {
-        "PropertyID": pid,
-        "ParcelNumber": "1-0289-101-0021-000",
-        "Address": "1234 W CLEARWATER AVE",
-        "City": "KENNEWICK",
-        "State": "WA",
-        "ZipCode": zip_code,
-        "LegalDescription": None,
-        "Acreage": Decimal("0.2500"),
-        "YearBuilt": 1998,
-    }
-    source = {
-        "connector": "terrafusion-pacs-sync",
-        "version": "test",
-        "db": "pacs",
-        "schema": "dbo",
-        "table": "Property",
-        "capture_instance": "dbo_Property",
-        "commit_lsn": f"0000002a:{pid:08x}:0001",
-        "change_lsn": f"0000002a:{pid:08x}:0001",
-        "event_serial_no": 2,
-        "commit_ts_ms": datetime(2025, 6, 1, tzinfo=UTC),
-        "snapshot": "false",
-    }
-    envelope = {
-        "before": None,
-        "after": row,
-        "op": "c",
-        "source": source,
-        "ts_ms": datetime(2025, 6, 1, tzinfo=UTC),
-    }
-    return CODEC.encode("pacs.dbo.PropertyEnvelope", envelope)
 
 
 def test_property_agent_emits_clean_records_and_dead_letters() -> None:
@@ -92,9 +56,9 @@ def test_property_agent_emits_clean_records_and_dead_letters() -> None:
         agent = app.agents["unit-test-app-properties"]
         async with agent.test_context() as test_agent:
             key = CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": 1})
-            await test_agent.put(_event(1, "99336-1234"), key=key)
+            await test_agent.put(property_insert(1, "99336-1234"), key=key)
             await test_agent.put(
-                _event(2, "9933"), key=CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": 2})
+                property_insert(2, "9933"), key=CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": 2})
             )
             await test_agent.put(b"not avro at all", key=None)
             await asyncio.sleep(0.3)  # let the batch's `within` expire
@@ -138,7 +102,7 @@ def _run_property_batch(settings: ProcessorSettings, output: CapturingOutput | N
         async with agent.test_context() as test_agent:
             for pid, zip_code in ((1, "99336-1234"), (2, "9933"), (3, "99336")):
                 key = CODEC.encode("pacs.dbo.PropertyKey", {"PropertyID": pid})
-                await test_agent.put(_event(pid, zip_code), key=key)
+                await test_agent.put(property_insert(pid, zip_code), key=key)
             await test_agent.put(b"not avro at all", key=None)
             await asyncio.sleep(0.3)  # let the batch's `within` expire
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from schemas.codec import AvroCodec, SchemaRegistry
 from stream_processors.handling import ORIGINAL_BYTES_KEPT, VIOLATION_TEXT_KEPT, EventHandler
+from tests.unit.property_events import property_insert
 
 CODEC = AvroCodec(SchemaRegistry.from_package())
 MESSAGE_MAX_BYTES = 1_000_000
@@ -19,35 +18,6 @@ MESSAGE_MAX_BYTES = 1_000_000
 
 def _handler() -> EventHandler:
     return EventHandler(CODEC, "properties", "tf.properties", "tf.dlq")
-
-
-def _property_event(zip_code: str) -> bytes:
-    row = {
-        "PropertyID": 7,
-        "ParcelNumber": "1-0289-101-0021-000",
-        "Address": "1234 W CLEARWATER AVE",
-        "City": "KENNEWICK",
-        "State": "WA",
-        "ZipCode": zip_code,
-        "LegalDescription": None,
-        "Acreage": Decimal("0.2500"),
-        "YearBuilt": 1998,
-    }
-    source = {
-        "connector": "terrafusion-pacs-sync",
-        "version": "test",
-        "db": "pacs",
-        "schema": "dbo",
-        "table": "Property",
-        "capture_instance": "dbo_Property",
-        "commit_lsn": "0000002a:00000007:0001",
-        "change_lsn": "0000002a:00000007:0001",
-        "event_serial_no": 2,
-        "commit_ts_ms": datetime(2025, 6, 1, tzinfo=UTC),
-        "snapshot": "false",
-    }
-    envelope = {"before": None, "after": row, "op": "c", "source": source, "ts_ms": source["commit_ts_ms"]}
-    return CODEC.encode("pacs.dbo.PropertyEnvelope", envelope)
 
 
 def _letter(key: bytes | None, value: bytes, *, offset: int = 5) -> tuple[Any, dict[str, bytes], Any]:
@@ -85,7 +55,7 @@ def test_an_event_near_the_broker_limit_becomes_a_letter_that_fits() -> None:
 
 
 def test_long_violation_texts_are_cut() -> None:
-    value = _property_event("9" * 300_000)  # not a ZIP: rejected, the offending value in the letter
+    value = property_insert(7, "9" * 300_000)  # not a ZIP: rejected, the offending value in the letter
     record, headers, letter = _letter(None, value)
     assert headers["error_code"] == b"PACS-004"
     assert letter["violations"]
