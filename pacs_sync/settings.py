@@ -75,6 +75,9 @@ class PacsSettings(BaseSettings):
     )
     """TerraFusion PostgreSQL DSN (postgresql://user:password@host:port/database)."""
 
+    db_schema: str = Field(default="dbo", pattern=_NAME)
+    """Schema of the PACS tables (part of the change topic names)."""
+
     # --- topics and consumer groups: named once, every stage derives its names from these ---
     topic_prefix: str = Field(default="pacs", pattern=_NAME)
     """The producer's change topics are <prefix>.<database>.<schema>.<table>."""
@@ -95,6 +98,26 @@ class PacsSettings(BaseSettings):
     """Project-local state: the local stack's data, logs, pid files and the Kafka jar cache."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Log level of every module logger."""
+
+    # --- topic names: the one place their form is written ---
+
+    def change_topic(self, table: str) -> str:
+        """The producer's change topic of a PACS table: ``<prefix>.<database>.<schema>.<table>``
+        (Debezium's SQL Server naming)."""
+        return f"{self.topic_prefix}.{self.db_name}.{self.db_schema}.{table}"
+
+    def producer_topic(self, name: str) -> str:
+        """One of the producer's own topics of this database: ``<prefix>.<database>._<name>``
+        (``offsets``, ``schemas``, ``heartbeat``, ``snapshot_sweeps``, ``row_hashes``)."""
+        return f"{self.topic_prefix}.{self.db_name}._{name}"
+
+    def clean_topic(self, entity: str) -> str:
+        """The processors' clean, log-compacted topic of an entity: ``<clean prefix>.<entity>``."""
+        return f"{self.clean_topic_prefix}.{entity}"
+
+    def dead_letter_topic(self) -> str:
+        """Where the processors and the sink send what they reject: ``<clean prefix>.dlq``."""
+        return f"{self.clean_topic_prefix}.dlq"
 
     @field_validator("sync_schedule")
     @classmethod

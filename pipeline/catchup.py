@@ -38,17 +38,17 @@ TABLE_ENTITIES: dict[str, str] = {
 
 def change_topic(settings: PipelineSettings, table: str) -> str:
     """The producer's change topic of a PACS table."""
-    return f"{settings.topic_prefix}.{settings.db_name}.dbo.{table}"
+    return settings.change_topic(table)
 
 
 def clean_topic(settings: PipelineSettings, entity: str) -> str:
     """The processors' clean topic of an entity."""
-    return f"{settings.clean_topic_prefix}.{entity}"
+    return settings.clean_topic(entity)
 
 
 def dlq_topic(settings: PipelineSettings) -> str:
     """The dead-letter topic."""
-    return f"{settings.clean_topic_prefix}.dlq"
+    return settings.dead_letter_topic()
 
 
 def behind(done: Mapping[Partition, int], ends: Mapping[Partition, int]) -> dict[Partition, int]:

@@ -71,7 +71,7 @@ class PollingProducer:
         self.settings = settings
         self.codec = codec
         self.mappings = load_mappings(settings.column_mapping_file)
-        self.hashes_topic = f"{settings.topic_prefix}.{settings.db_name}._row_hashes"
+        self.hashes_topic = settings.producer_topic("row_hashes")
         self.summary = RunSummary()
         self._last_scan_s = 0
 

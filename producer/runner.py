@@ -73,22 +73,22 @@ T = TypeVar("T")
 
 def topic_name(settings: ProducerSettings, table: str) -> str:
     """``<prefix>.<database>.<schema>.<table>`` (Debezium's SQL Server naming)."""
-    return f"{settings.topic_prefix}.{settings.db_name}.{settings.db_schema}.{table}"
+    return settings.change_topic(table)
 
 
 def offsets_topic(settings: ProducerSettings) -> str:
     """The compacted topic holding the producer's position."""
-    return f"{settings.topic_prefix}.{settings.db_name}._offsets"
+    return settings.producer_topic("offsets")
 
 
 def schemas_topic(settings: ProducerSettings) -> str:
     """Compacted topic of evolved schemas by fingerprint (readers resolve unknown fingerprints there)."""
-    return f"{settings.topic_prefix}.{settings.db_name}._schemas"
+    return settings.producer_topic("schemas")
 
 
 def heartbeat_topic(settings: ProducerSettings) -> str:
     """Heartbeats while the source is idle (keeps lag and latency measurable)."""
-    return f"{settings.topic_prefix}.{settings.db_name}._heartbeat"
+    return settings.producer_topic("heartbeat")
 
 
 @dataclass

@@ -35,8 +35,6 @@ class ProducerSettings(PacsSettings):
     """Skip certificate validation (only for servers with self-signed certificates)."""
     db_login_timeout_s: int = Field(default=15, ge=1, le=300)
     """Seconds to wait for the PACS server to accept a login."""
-    db_schema: str = "dbo"
-    """Schema of the PACS tables."""
     db_server_timezone: str = "UTC"
     """IANA time zone of the PACS server's clock (CDC commit times are server-local datetimes)."""
     column_mapping_file: Path | None = None

@@ -38,7 +38,9 @@ LetterReader = Callable[[ReconcileSettings], list[bytes | None]]
 
 def _read_letters(settings: ReconcileSettings) -> list[bytes | None]:
     return read_dead_letters(
-        settings.kafka_bootstrap_servers, settings.dead_letter_topic, timeout_s=settings.verify_dlq_timeout_s
+        settings.kafka_bootstrap_servers,
+        settings.dead_letter_topic(),
+        timeout_s=settings.verify_dlq_timeout_s,
     )
 
 
@@ -133,7 +135,7 @@ def run_verify(
             db_schema=settings.db_schema,
         )
         index = index_letters(codec, values, context)
-        index.topic = settings.dead_letter_topic
+        index.topic = settings.dead_letter_topic()
         index.seconds = time.perf_counter() - began
         reports: list[EntityReport] = [
             classify(entity, comparison, index.for_entity(entity), limit=limit, seconds=seconds)

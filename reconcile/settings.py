@@ -31,8 +31,3 @@ class ReconcileSettings(ProducerSettings):
         if unknown:
             raise ValueError(f"unknown entities {unknown} (known: {', '.join(ENTITIES)})")
         return value
-
-    @property
-    def dead_letter_topic(self) -> str:
-        """The topic the processors (PACS-004/012) and the sink (PACS-011/012) dead-letter to."""
-        return f"{self.clean_topic_prefix}.dlq"

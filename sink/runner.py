@@ -40,12 +40,12 @@ _PURGE_EVERY_S = 600.0
 
 def clean_topic(settings: SinkSettings, entity: str) -> str:
     """The processors' clean, compacted topic of an entity."""
-    return f"{settings.clean_topic_prefix}.{entity}"
+    return settings.clean_topic(entity)
 
 
 def dead_letter_topic(settings: SinkSettings) -> str:
     """Where rejected rows go (shared with the processors' rejects)."""
-    return f"{settings.clean_topic_prefix}.dlq"
+    return settings.dead_letter_topic()
 
 
 DecodedBatch = tuple[dict[str, list[ConsumedRecord]], list[DeadLetter], dict[tuple[str, int], int]]

@@ -95,22 +95,22 @@ logger = logging.getLogger(__name__)
 
 def input_topic(settings: ProcessorSettings, table: str) -> str:
     """The producer's change topic of a PACS table."""
-    return f"{settings.topic_prefix}.{settings.db_name}.{settings.db_schema}.{table}"
+    return settings.change_topic(table)
 
 
 def output_topic(settings: ProcessorSettings, entity: str) -> str:
     """The clean, log-compacted topic of an entity."""
-    return f"{settings.clean_topic_prefix}.{entity}"
+    return settings.clean_topic(entity)
 
 
 def schemas_topic(settings: ProcessorSettings) -> str:
     """The producer's compacted topic of evolved schemas (by fingerprint)."""
-    return f"{settings.topic_prefix}.{settings.db_name}._schemas"
+    return settings.producer_topic("schemas")
 
 
 def dead_letter_topic(settings: ProcessorSettings) -> str:
     """Where rejected events go."""
-    return f"{settings.clean_topic_prefix}.dlq"
+    return settings.dead_letter_topic()
 
 
 class OutputProducer:

@@ -12,8 +12,6 @@ from pacs_sync.settings import PacsSettings
 class ProcessorSettings(PacsSettings):
     """Where the change events come from and where clean events and rejects go."""
 
-    db_schema: str = "dbo"
-    """Schema of the PACS tables (part of the change topic names)."""
     output_partitions: int = Field(default=3, ge=1, le=256)
     """Partitions of the clean topics (created, log-compacted, if missing)."""
     processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
