@@ -6,7 +6,8 @@ Size knobs (environment; the defaults fit the CI time limit):
   printed at the start and in the summary, so a failing run can be replayed);
 * ``PACS_FAULT_ROUNDS``: kill -9 rounds of the kill scenario (default 20);
 * ``PACS_FAULT_SCALE``: properties in the kill scenario's generated PACS database (default 4000);
-* ``PACS_FAULT_CHURN_RATE``: row changes per second while faults are injected (default 150).
+* ``PACS_FAULT_CHURN_RATE``: row changes per second while faults are injected (default 150);
+* ``PACS_FAULT_KEEP_DATA=1``: a failed scenario's databases and topics are kept for inspection.
 
 Every scenario records what it injected and observed (``FaultPipeline.note``); the session writes
 them to ``bench-results/faults.json`` (``faults-partial.json`` without the kill scenario) and prints

@@ -922,6 +922,10 @@ class FaultPipeline:
             self.stop_churn()
         self.stop()
         self.cli("sim", "agent", "stop", check=False, timeout=60)
+        if keep_logs and os.environ.get("PACS_FAULT_KEEP_DATA") == "1":
+            # Post-mortem: the failed scenario's databases and topics stay for inspection.
+            self.note("kept-for-inspection", databases=[self.db_name, self.target_db], prefix=self.prefix)
+            return
         root = self.stack.postgres.connect()
         try:
             for database in (self.target_db, self.db_name):
