@@ -32,8 +32,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from confluent_kafka import Message
 
 from pacs_sync.errors import ErrorCode, FatalError
 from pacs_sync.sweeps import sweeps_topic
@@ -165,19 +167,12 @@ class Resync:
         replay_offsets: dict[tuple[str, int], int],
         ends: dict[tuple[str, int], int],
     ) -> int:
-        reader.assign(replay_offsets, ends)
-        count = 0
         entity_of = {clean_topic(self.settings, entity): entity}
 
         async def dead_letter(letters: list[DeadLetter]) -> None:
             await asyncio.to_thread(self.dead_letters.send, letters)
 
-        while not reader.done:
-            messages = await asyncio.to_thread(
-                reader.poll_batch, max(self.settings.batch_size, 5000), self.settings.sink_batch_max_wait_s
-            )
-            if not messages:
-                continue
+        async def write(messages: list[Message]) -> int:
             records, undecodable, next_offsets = decode_batch(self.codec, messages, entity_of)
             if undecodable:
                 await dead_letter(undecodable)
@@ -185,10 +180,9 @@ class Resync:
                 consumer_key, records, next_offsets, before_commit=dead_letter, tables={entity: shadow}
             )
             replay_offsets.update(next_offsets)
-            count += len(messages)
-        for tp, end in ends.items():  # reached: the replay has everything before ``end``
-            replay_offsets[tp] = max(replay_offsets.get(tp, 0), end)
-        return count
+            return len(messages)
+
+        return await self._read_through(reader, replay_offsets, ends, write)
 
     async def _replay_sweeps(
         self,
@@ -206,21 +200,36 @@ class Resync:
         """
         if not ends:
             return 0
+
+        async def sweep(messages: list[Message]) -> int:
+            _, batch = split_sweeps(messages, self.sweep_topic)
+            written = await apply_sweeps(self.target, consumer_key, batch, [entity], tables={entity: shadow})
+            replay_offsets.update(batch.next_offsets)
+            return written.get(entity, 0)
+
+        return await self._read_through(reader, replay_offsets, ends, sweep)
+
+    async def _read_through(
+        self,
+        reader: ReplayReader,
+        replay_offsets: dict[tuple[str, int], int],
+        ends: dict[tuple[str, int], int],
+        apply: Callable[[list[Message]], Awaitable[int]],
+    ) -> int:
+        """Feed every batch from ``replay_offsets`` up to ``ends`` to ``apply`` (which saves its
+        offsets); returns the sum of what ``apply`` counted. Afterwards the replay holds everything
+        before ``ends``."""
         reader.assign(replay_offsets, ends)
-        markers = 0
+        total = 0
         while not reader.done:
             messages = await asyncio.to_thread(
                 reader.poll_batch, max(self.settings.batch_size, 5000), self.settings.sink_batch_max_wait_s
             )
-            if not messages:
-                continue
-            _, batch = split_sweeps(messages, self.sweep_topic)
-            written = await apply_sweeps(self.target, consumer_key, batch, [entity], tables={entity: shadow})
-            markers += written.get(entity, 0)
-            replay_offsets.update(batch.next_offsets)
+            if messages:
+                total += await apply(messages)
         for tp, end in ends.items():
             replay_offsets[tp] = max(replay_offsets.get(tp, 0), end)
-        return markers
+        return total
 
     async def _swap(
         self, entity: str, topics: Sequence[str], replay_offsets: dict[tuple[str, int], int]

@@ -41,6 +41,7 @@ from pacs_sync.sim.emulator import EmulatorAdmin
 from pacs_sync.stack import LocalStack
 from pacs_sync.stack.postgres import connection_kwargs
 from pacs_sync.sweeps import sweeps_topic
+from pipeline.catchup import KafkaPositions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TABLES = ("Property", "PropertyOwner", "PropertyValue", "Structure")
@@ -706,36 +707,13 @@ class FaultPipeline:
 
     def data_ends(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """Per partition, one past the last record a read_committed reader sees (transaction markers
-        and aborted records excluded): what a consumer that processed everything has committed."""
-        stable = self.offsets(topics, committed_only=True)
-        wanted = {tp: end for tp, end in stable.items() if end > 0}
-        ends = dict.fromkeys(stable, 0)
-        if not wanted:
-            return ends
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"faults-ends-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "enable.partition.eof": True,
-                "log_level": 0,
-            }
-        )
+        and aborted records excluded): what a consumer that processed everything has committed.
+        The product's own measure (what `pacs-sync sync` waits for)."""
+        positions = KafkaPositions(self.bootstrap)
         try:
-            consumer.assign([TopicPartition(t, p, max(end - 512, 0)) for (t, p), end in wanted.items()])
-            done: set[tuple[str, int]] = set()
-            deadline = time.monotonic() + 30
-            while len(done) < len(wanted) and time.monotonic() < deadline:
-                for message in consumer.consume(num_messages=5000, timeout=0.5):
-                    tp = (message.topic() or "", message.partition() or 0)
-                    if message.error() is not None:
-                        done.add(tp)  # end of partition (or an error: then the check fails later)
-                    elif (message.offset() or 0) < wanted[tp]:
-                        ends[tp] = max(ends[tp], (message.offset() or 0) + 1)
+            return positions.data_ends(topics)
         finally:
-            consumer.close()
-        return ends
+            positions.close()
 
     def committed(self, group: str, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         """A consumer group's committed offsets (-1: none)."""
