@@ -161,16 +161,34 @@ def scrape(port: int) -> dict[str, float]:
     return found
 
 
-def wait_for(check: Callable[[], Any], *, timeout: float, interval: float = 0.5, what: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy; raise AssertionError after ``timeout``."""
+def wait_for(
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    interval: float = 0.5,
+    what: str = "",
+    diagnose: Callable[[], str] | None = None,
+) -> Any:
+    """Poll ``check`` until it returns something truthy; raise AssertionError after ``timeout``
+    (with what ``diagnose`` reports, so that a CI log says where it stuck)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or check}")
+            details = f"\n{diagnose()}" if diagnose is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or check}{details}")
         time.sleep(interval)
+
+
+def behind(ends: dict[tuple[str, int], int], done: dict[tuple[str, int], int]) -> dict[str, str]:
+    """The partitions whose committed offset (``done``) is short of their end, as ``done/end``."""
+    return {
+        f"{topic}[{partition}]": f"{done.get((topic, partition), -1)}/{end}"
+        for (topic, partition), end in sorted(ends.items())
+        if done.get((topic, partition), -1) < end
+    }
 
 
 @dataclass
@@ -771,10 +789,17 @@ class FaultPipeline:
                 and position.commit_lsn.value.hex() >= target
             )
 
+        def processing_ends(topics: list[str], *, transactional: bool) -> dict[tuple[str, int], int]:
+            return self.data_ends(topics) if transactional else self.offsets(topics, committed_only=True)
+
         def processed(topics: list[str], group: str, *, transactional: bool) -> bool:
-            ends = self.data_ends(topics) if transactional else self.offsets(topics, committed_only=True)
+            ends = processing_ends(topics, transactional=transactional)
             done = self.committed(group, ends)
             return all(done.get(tp, -1) >= end for tp, end in ends.items())
+
+        def processors_behind(topics: list[str], group: str, *, transactional: bool) -> str:
+            ends = processing_ends(topics, transactional=transactional)
+            return self.diagnosis("processor", behind(ends, self.committed(group, ends)))
 
         def remaining() -> float:
             return max(deadline - time.monotonic(), 1.0)
@@ -785,6 +810,7 @@ class FaultPipeline:
             lambda: processed(self.change_topics(), group, transactional=True),
             timeout=remaining(),
             what="the processors",
+            diagnose=lambda: processors_behind(self.change_topics(), group, transactional=True),
         )
         repartition = [
             t
@@ -795,20 +821,37 @@ class FaultPipeline:
             lambda: processed(repartition, group, transactional=False),
             timeout=remaining(),
             what="the re-keyed owners",
+            diagnose=lambda: processors_behind(repartition, group, transactional=False),
         )
 
         sweep_ends = self.data_ends([self.sweeps_topic])  # complete: the producer has published
 
-        def written() -> bool:
+        def written_ends() -> dict[tuple[str, int], int]:
             ends = self.offsets(self.clean_topics(), committed_only=True)
             ends.update(sweep_ends)
-            done = self.sink_offsets()
-            return all(done.get(tp, 0) >= end for tp, end in ends.items())
+            return {tp: end for tp, end in ends.items() if end > 0}
 
-        wait_for(written, timeout=remaining(), what="the sink")
+        def written() -> bool:
+            return not behind(written_ends(), self.sink_offsets())
+
+        wait_for(
+            written,
+            timeout=remaining(),
+            what="the sink",
+            diagnose=lambda: self.diagnosis("sink", behind(written_ends(), self.sink_offsets())),
+        )
         seconds = round(time.monotonic() - began, 1)
         self.note("settled", seconds=seconds)
         return seconds
+
+    def diagnosis(self, stage: str, lagging: dict[str, str], lines: int = 40) -> str:
+        """Which partitions a stage is behind on, and its log's last lines above INFO."""
+        noteworthy = [line for line in self.read_log(stage).splitlines() if "INFO" not in line[:60]]
+        tail = "\n".join(f"  {line[:300]}" for line in noteworthy[-lines:])
+        return (
+            f"{stage} behind (committed/end): {json.dumps(lagging)}\n"
+            f"{stage} log, last lines above INFO:\n{tail}"
+        )
 
     def verify(self) -> Verified:
         """``pacs-sync verify --json``."""
