@@ -17,6 +17,13 @@ class TargetUnavailableError(RetriableError):
     code = ErrorCode.CONNECTION_UNAVAILABLE
 
 
+class ConsumerStalledError(RetriableError):
+    """The clean-topic consumer receives nothing although the broker holds records past its position
+    (seen after a broker restart); the consumer is rebuilt (PACS-010)."""
+
+    code = ErrorCode.KAFKA_DELIVERY_FAILED
+
+
 class DeadLetterDeliveryError(RetriableError):
     """Rejected rows could not be written to the dead-letter topic; the batch is not committed (PACS-010)."""
 

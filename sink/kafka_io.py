@@ -65,6 +65,7 @@ class CleanTopicConsumer:
             }
         )
         self.assigned: set[tuple[str, int]] = set()
+        self._assigned_at: dict[tuple[str, int], int] = {}
         self._consumer.subscribe(list(topics), on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -72,6 +73,7 @@ class CleanTopicConsumer:
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
             self.assigned.add((p.topic, p.partition))
+            self._assigned_at[(p.topic, p.partition)] = p.offset
         logger.info(
             "assigned %s", ", ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions) or "nothing"
         )
@@ -80,6 +82,7 @@ class CleanTopicConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
+            self._assigned_at.pop((p.topic, p.partition), None)
         consumer.incremental_unassign(partitions)
 
     def poll_batch(self, max_records: int, max_wait_s: float) -> list[Message]:
@@ -121,9 +124,43 @@ class CleanTopicConsumer:
                 lag[topic] = lag.get(topic, 0) + max(high - position, 0)
         return lag
 
+    def behind(self, topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
+        """Records the broker holds past this consumer's position, per assigned partition of
+        ``topics`` (asks the broker; partitions it cannot answer for are left out).
+
+        For topics without transactions only: there the end offset is the next record's offset,
+        while a transaction marker at a topic's end is an offset no consumer receives.
+        """
+        wanted = set(topics)
+        behind: dict[str, int] = {}
+        for topic, partition in sorted(self.assigned):
+            if topic not in wanted:
+                continue
+            tp = TopicPartition(topic, partition)
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                position = self._consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            pending = records_pending(low, high, position, self._assigned_at.get((topic, partition), -1))
+            if pending:
+                behind[f"{topic}[{partition}]"] = pending
+        return behind
+
     def close(self) -> None:
         """Leave the group."""
         self._consumer.close()
+
+
+def records_pending(low: int, high: int, position: int, assigned_at: int) -> int:
+    """Records from a consumer's position to a partition's end.
+
+    ``position`` is negative until the consumer has received a record of the partition since its
+    assignment; it then reads from ``assigned_at`` (the offset PostgreSQL gave it), or from the
+    partition's start when that is negative too (none stored).
+    """
+    start = position if position >= 0 else assigned_at if assigned_at >= 0 else low
+    return max(high - max(start, low), 0)
 
 
 class DeadLetterProducer:

@@ -26,6 +26,7 @@ from pacs_sync.sweeps import sweeps_topic
 from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError
 from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter, reduce_by_key, to_row
+from sink.errors import ConsumerStalledError
 from sink.kafka_io import CleanTopicConsumer, DeadLetterProducer
 from sink.settings import SinkSettings
 from sink.sweeps import SweepBatch, apply_sweeps, split_sweeps
@@ -155,7 +156,7 @@ class SinkRunner:
         )
         loop = asyncio.get_running_loop()
         backoff = 0.5
-        idle_since = loop.time()
+        idle_since = stall_checked = loop.time()
         consumer: CleanTopicConsumer | None = None
         pending: asyncio.Task[BatchResult] | None = None
         try:
@@ -182,9 +183,14 @@ class SinkRunner:
                         self._observe_lag(consumer)
                         backoff = 0.5
                     if decoded is None:
-                        if until_idle_s is not None and loop.time() - idle_since >= until_idle_s:
+                        now = loop.time()
+                        if until_idle_s is not None and now - idle_since >= until_idle_s:
                             return
                         self._observe_lag(consumer)
+                        stall_s = self.settings.sink_stall_s
+                        if now - idle_since >= stall_s and now - stall_checked >= stall_s:
+                            stall_checked = now
+                            await self._check_not_stalled(consumer, now - idle_since)
                         continue
                     idle_since = loop.time()
                     await self._purge_markers_when_due(loop.time())
@@ -211,6 +217,20 @@ class SinkRunner:
                 await pending
             if consumer is not None:
                 await asyncio.to_thread(consumer.close)
+
+    async def _check_not_stalled(self, consumer: CleanTopicConsumer, idle_s: float) -> None:
+        """Raise :class:`ConsumerStalledError` (the loop then rebuilds the consumer) when nothing has
+        arrived for ``idle_s`` although the broker holds clean records past the consumer's position.
+
+        The sweep topic is left out: it is written in the producer's transactions, whose markers are
+        offsets no consumer receives.
+        """
+        behind = await asyncio.to_thread(consumer.behind, self.entity_of)
+        if behind:
+            raise ConsumerStalledError(
+                f"no clean record received for {idle_s:.0f} s although the broker holds "
+                f"{sum(behind.values())} past the consumer's position ({behind}); rebuilding the consumer"
+            )
 
     async def _write_with_sweeps(
         self, decoded: DecodedBatch, consumed: int, sweeps: SweepBatch

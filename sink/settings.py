@@ -25,6 +25,10 @@ class SinkSettings(PacsSettings):
     """PostgreSQL connections of the sink (one writes at a time; one serves metrics and checks)."""
     marker_retention_days: int = Field(default=0, ge=0, le=3650)
     """Purge delete markers older than this many days (0: keep them; set it to the topics' retention)."""
+    sink_stall_s: float = Field(default=60.0, ge=1, le=3600)
+    """When the consumer has received nothing for this long although the broker holds records past
+    its position on an assigned clean-topic partition, it is rebuilt (a rejoin, positioned again from
+    PostgreSQL): the watchdog for a consumer that stopped fetching, e.g. after a broker restart."""
     metrics_port: int = Field(default=9103, ge=0, le=65535)
     """Prometheus /metrics port of the sink (0: off)."""
 

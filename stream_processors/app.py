@@ -22,8 +22,10 @@ first events that use it.
 Offsets: Faust commits the acknowledged input offsets every ``PACS_PROCESSOR_COMMIT_INTERVAL_S``
 (0.5 s; Faust's default is 2.8 s) or ``PACS_PROCESSOR_COMMIT_EVERY`` events, past the producer's
 transaction markers in one step (:mod:`stream_processors.consumer`: Faust itself got past one
-transaction per partition per commit, so the committed offsets trailed processing by minutes).
-Faust's ``BROKER_*`` environment variables, if set, still override these settings.
+transaction per partition per commit, so the committed offsets trailed processing by minutes), and
+never past an event that was not processed (the same module: Faust's seeks, rebalance skips and
+commit runs could each pass one). Faust's ``BROKER_*`` environment variables, if set, still
+override these settings.
 
 exactly_once (``PACS_PROCESSING_GUARANTEE=exactly_once``): the agents send every output through
 Faust's own producer (``app.topic(...).send``) and Faust commits the input offsets inside Kafka

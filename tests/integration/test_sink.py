@@ -25,6 +25,8 @@ from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from pacs_sync.lsn import Lsn
 from pacs_sync.sweeps import Sweep, chunk_sweeps, sweeps_topic
 from schemas.codec import AvroCodec, SchemaRegistry
+from sink import runner as sink_runner
+from sink.kafka_io import CleanTopicConsumer
 from sink.runner import SinkRunner
 from sink.settings import SinkSettings
 from sink.target import TargetDatabase
@@ -307,6 +309,41 @@ def test_a_dropped_target_connection_is_retried_without_loss(rig: SinkRig, stack
     runner = asyncio.run(go())
     assert runner.metrics.errors.labels("PACS-001")._value.get() >= 1
     assert len(valuations(rig)) == 20000
+
+
+def test_a_consumer_that_stops_fetching_is_rebuilt(rig: SinkRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog: the first consumer pauses its partitions after its first batch (a consumer that
+    stopped fetching, as one did after a broker restart); what is sent afterwards still lands,
+    through a rebuilt consumer positioned from PostgreSQL."""
+    rig.send("valuations", [valuation(i, 10 + i) for i in range(1, 101)])
+    stalled: list[CleanTopicConsumer] = []
+
+    class StallingConsumer(CleanTopicConsumer):
+        def poll_batch(self, max_records: int, max_wait_s: float) -> list[Any]:
+            messages = super().poll_batch(max_records, max_wait_s)
+            if messages and not stalled:
+                stalled.append(self)
+                self._consumer.pause(self._consumer.assignment())
+            return messages
+
+    monkeypatch.setattr(sink_runner, "CleanTopicConsumer", StallingConsumer)
+
+    async def go() -> SinkRunner:
+        settings = rig.settings(sink_stall_s=2, sink_batch_size=10)
+        target = await TargetDatabase.connect(settings.target_parts)
+        await target.migrate()
+        runner = SinkRunner(settings, target)
+        task = asyncio.create_task(runner.run(until_idle_s=8.0))
+        while not stalled:
+            await asyncio.sleep(0.1)
+        await asyncio.to_thread(rig.send, "valuations", [valuation(i, 10 + i) for i in range(101, 201)])
+        await asyncio.wait_for(task, timeout=120)
+        await target.close()
+        return runner
+
+    runner = asyncio.run(go())
+    assert len(valuations(rig)) == 200
+    assert runner.metrics.errors.labels("PACS-010")._value.get() >= 1
 
 
 def test_undecodable_bytes_on_a_clean_topic_are_dead_lettered(rig: SinkRig) -> None:

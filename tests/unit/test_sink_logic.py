@@ -19,6 +19,7 @@ from pacs_sync.lsn import LSN_SIZE, Lsn, SourcePosition, position_bytes
 from schemas.codec import AvroCodec, SchemaRegistry
 from sink import statements
 from sink.changes import ConsumedRecord, DeadLetter, reduce_by_key, to_row
+from sink.kafka_io import records_pending
 from sink.runner import decode_batch
 from sink.tables import ENTITIES, POSITION_COLUMNS, SYNC_SCHEMA, EntitySpec
 
@@ -536,3 +537,20 @@ def test_decode_batch_keeps_dates_and_timestamps_as_python_values() -> None:
     (record,) = records["owners"]
     assert record.row == to_row(ENTITIES["owners"], owner)
     assert record.source_ts == TS
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "position", "assigned_at", "pending"),
+    [
+        (0, 100, 100, 40, 0),  # caught up
+        (0, 100, 60, 40, 40),  # received up to 59, 40 more on the broker
+        (0, 100, -1001, 100, 0),  # nothing received since the assignment, none to receive
+        (0, 100, -1001, 40, 60),  # nothing received since the assignment at 40: the stall case
+        (10, 100, -1001, -2, 90),  # no stored offset: from the partition's start
+        (50, 100, -1001, 40, 50),  # the stored offset fell out of retention
+    ],
+)
+def test_records_pending_from_the_consumer_position(
+    low: int, high: int, position: int, assigned_at: int, pending: int
+) -> None:
+    assert records_pending(low, high, position, assigned_at) == pending
