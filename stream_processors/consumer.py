@@ -130,7 +130,9 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
         """Seek one partition: the next event handed over is the one at ``offset``."""
         await super().seek(partition, offset)
         self._seek_epoch += 1
-        self._next_offset[faust_consumer.ensure_TP(partition)] = offset
+        tp = faust_consumer.ensure_TP(partition)
+        if self.app.topics.acks_enabled_for(tp.topic):
+            self._next_offset[tp] = offset
 
     # -- acknowledgements and commits -----------------------------------------------------------
 
@@ -295,7 +297,8 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
         rest of the fetch is stale: its records may come from before or after the seek, so they are
         neither handed over nor taken for gaps; their partitions are sought again, to the next
         offset to hand over, before the next fetch (the records handed over already are processed
-        and may come again: at-least-once).
+        and may come again: at-least-once). Positions are kept for the acknowledged (input) topics
+        only; records of the others (table changelogs, applied idempotently) are never skipped.
         """
         acks_enabled_for = self.app.topics.acks_enabled_for
         commit_every = self._commit_every
@@ -309,7 +312,8 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
             if epoch != self._seek_epoch:
                 self._reseek[tp] = min(offset, self._reseek.get(tp, offset))
                 continue
-            expected = self._next_offset.get(tp)
+            tracked = acks_enabled_for(message.topic)
+            expected = self._next_offset.get(tp) if tracked else None
             if expected is not None and offset < expected:
                 if (tp, self._seek_epoch) not in self._skips_logged:
                     self._skips_logged.add((tp, self._seek_epoch))
@@ -321,10 +325,12 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
                         expected,
                     )
                 continue
-            if expected is None:
+            if not tracked:
+                pass
+            elif expected is None:
                 # No committed offset (a new group): the log's first event starts the commits.
                 self._commit_floor.setdefault(tp, offset)
-            elif offset > expected and acks_enabled_for(message.topic):
+            elif offset > expected:
                 await self._add_gap(tp, expected, offset - 1)
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
@@ -333,7 +339,7 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
             waited = await self.wait_first(delivery, self.suspend_flow.wait())
             if epoch != self._seek_epoch:
                 self._reseek[tp] = min(offset, self._reseek.get(tp, offset))
-            elif delivery in waited.done:
+            elif delivery in waited.done and tracked:
                 self._next_offset[tp] = offset + 1
                 self._read_offset[tp] = offset
 

@@ -284,3 +284,16 @@ def test_a_partition_without_a_committed_offset_commits_from_its_first_event(
     assert consumer._new_offset(tp) is None
     _ack(consumer, messages[:1])
     assert consumer._new_offset(tp) == 8
+
+
+def test_table_changelog_records_are_never_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust re-reads a changelog from an earlier offset when its recovery restarts; its records
+    (applied idempotently) are handed over again, and no position or gap is kept for them."""
+    app, consumer = _consumer(monkeypatch)
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: topic != "changelog")
+    records = [_message(offset, topic="changelog") for offset in (5, 7)]
+    assert _hand_over(consumer, records) == [5, 7]
+    assert _hand_over(consumer, records) == [5, 7]
+    tp = records[0].tp
+    assert tp not in consumer._next_offset
+    assert not consumer._gap[tp]
