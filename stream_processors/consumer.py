@@ -22,6 +22,12 @@ producer's change topics are transactional, which is where they bite.
   :meth:`ProcessorConsumer._new_offset` commits a run only if it begins exactly at the committed
   offset, counting gaps as acknowledged; the fetch loop records a marker at the committed offset as
   a gap, so restarts still get past it.
+* **A fetch across a seek is read again.** Faust's table recovery resumes the flow and then seeks
+  the stream partitions to their committed offsets with the fetch loop running, while aiokafka seeks
+  one partition after another: a fetch requested before the seek returned records from before it,
+  which Faust handed over, taking the jump back to the committed offset for a gap (and so committed
+  past the events in between). :meth:`ProcessorConsumer._hand_over` drops the rest of a fetch
+  requested before a seek, and its partitions are sought again to the next offset to hand over.
 * **The fetch loop never marks an event read that the streams did not get.** Faust's loop keeps one
   read offset per partition, set after each hand-over even when a rebalance cancelled it, set by a
   hand-over that finishes after the rebalance's seek, and drops every later-fetched event below it:
@@ -204,16 +210,18 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
     async def _commit_offsets(self, offsets: Mapping[Any, int], start_new_transaction: bool = True) -> bool:
         """Faust's commit; afterwards the next run must begin at the offsets it committed.
 
-        Like Faust's ``_committed_offset``, the floor moves even when the broker refused the commit
-        (a rebalance under way): the events below it were processed, and the rebalance's seek sets
-        the floor to what the broker holds.
+        Like Faust's ``_committed_offset``, the floor moves even when the commit failed (a rebalance
+        under way, a flush that raised): :meth:`_new_offset` has taken those offsets off the
+        acknowledged list, the events below them were processed, and the next seek sets the floor
+        to what the broker holds (at worst they are processed again).
         """
         assignment = self.assignment()
-        did_commit = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
-        for tp, offset in offsets.items():
-            if tp in assignment:
-                self._commit_floor[tp] = offset
-        return bool(did_commit)
+        try:
+            return bool(await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction))
+        finally:
+            for tp, offset in offsets.items():
+                if tp in assignment:
+                    self._commit_floor[tp] = offset
 
     async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
         """Record offsets ``offset_from``..``offset_to`` (inclusive) as never delivered.
