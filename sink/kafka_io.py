@@ -110,42 +110,40 @@ class CleanTopicConsumer:
         except KafkaException as exc:  # informational only: PostgreSQL holds the real offsets
             logger.debug("group offset mirror failed: %s", exc)
 
+    def pending(
+        self, topics: Iterable[str] | None = None, *, cached: bool = True, timeout_s: float = 5.0
+    ) -> dict[tuple[str, int], int]:
+        """Records past this consumer's position, per assigned partition (of ``topics``, default
+        all), from the client's cached watermarks or, ``cached=False``, from the broker (partitions
+        it cannot answer for are left out).
+
+        Exact for topics without transactions: there the end offset is the next record's offset,
+        while a transaction marker at a topic's end is an offset no consumer receives.
+        """
+        wanted = set(topics) if topics is not None else None
+        found: dict[tuple[str, int], int] = {}
+        for topic, partition in sorted(self.assigned):
+            if wanted is not None and topic not in wanted:
+                continue
+            tp = TopicPartition(topic, partition)
+            try:
+                if cached:
+                    low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                else:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                position = self._consumer.position([tp])[0].offset
+            except KafkaException:
+                continue
+            assigned_at = self._assigned_at.get((topic, partition), -1)
+            found[(topic, partition)] = records_pending(low, high, position, assigned_at)
+        return found
+
     def lag(self) -> dict[str, int]:
         """Messages not yet consumed, per topic, from the client's cached high watermarks."""
         lag: dict[str, int] = {}
-        for topic, partition in list(self.assigned):
-            tp = TopicPartition(topic, partition)
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-                position = self._consumer.position([tp])[0].offset
-            except KafkaException:
-                continue
-            if high >= 0 and position >= 0:
-                lag[topic] = lag.get(topic, 0) + max(high - position, 0)
+        for (topic, _partition), records in self.pending().items():
+            lag[topic] = lag.get(topic, 0) + records
         return lag
-
-    def behind(self, topics: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
-        """Records the broker holds past this consumer's position, per assigned partition of
-        ``topics`` (asks the broker; partitions it cannot answer for are left out).
-
-        For topics without transactions only: there the end offset is the next record's offset,
-        while a transaction marker at a topic's end is an offset no consumer receives.
-        """
-        wanted = set(topics)
-        behind: dict[str, int] = {}
-        for topic, partition in sorted(self.assigned):
-            if topic not in wanted:
-                continue
-            tp = TopicPartition(topic, partition)
-            try:
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
-                position = self._consumer.position([tp])[0].offset
-            except KafkaException:
-                continue
-            pending = records_pending(low, high, position, self._assigned_at.get((topic, partition), -1))
-            if pending:
-                behind[f"{topic}[{partition}]"] = pending
-        return behind
 
     def close(self) -> None:
         """Leave the group."""

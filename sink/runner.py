@@ -225,7 +225,8 @@ class SinkRunner:
         The sweep topic is left out: it is written in the producer's transactions, whose markers are
         offsets no consumer receives.
         """
-        behind = await asyncio.to_thread(consumer.behind, self.entity_of)
+        pending = await asyncio.to_thread(consumer.pending, self.entity_of, cached=False)
+        behind = {f"{topic}[{partition}]": n for (topic, partition), n in pending.items() if n}
         if behind:
             raise ConsumerStalledError(
                 f"no clean record received for {idle_s:.0f} s although the broker holds "

@@ -125,12 +125,10 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
             if offset is not None and offset >= 0:
                 self._next_offset[tp] = offset
                 self._commit_floor[tp] = offset
-                self._read_offset[tp] = offset
                 self._committed_offset[tp] = offset if offset else None  # Faust's own convention
             else:
                 self._next_offset.pop(tp, None)
                 self._commit_floor.pop(tp, None)
-                self._read_offset[tp] = None
 
     async def seek(self, partition: Any, offset: int) -> None:
         """Seek one partition: the next event handed over is the one at ``offset``."""
@@ -333,13 +331,12 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
                         expected,
                     )
                 continue
-            if not tracked:
-                pass
-            elif expected is None:
-                # No committed offset (a new group): the log's first event starts the commits.
-                self._commit_floor.setdefault(tp, offset)
-            elif offset > expected:
-                await self._add_gap(tp, expected, offset - 1)
+            if tracked:
+                if expected is None:
+                    # No committed offset (a new group): the log's first event starts the commits.
+                    self._commit_floor.setdefault(tp, offset)
+                elif offset > expected:
+                    await self._add_gap(tp, expected, offset - 1)
             if commit_every is not None and self._n_acked >= commit_every:
                 self._n_acked = 0
                 await self.commit()
@@ -349,7 +346,6 @@ class ProcessorConsumer(faust_aiokafka.Consumer):
                 self._reseek[tp] = min(offset, self._reseek.get(tp, offset))
             elif delivery in waited.done and tracked:
                 self._next_offset[tp] = offset + 1
-                self._read_offset[tp] = offset
 
     async def _seek_stale(self) -> None:
         """Seek the partitions of dropped stale records to their next offset to hand over."""

@@ -16,6 +16,7 @@ from pacs_sync.kafka_topics import TopicSpec, ensure_topics
 from producer.evolution import evolved_envelope
 from schemas.codec import AvroCodec, SchemaRegistry, UndecodableEventError, fingerprint
 from stream_processors.schema_topic import SchemaTopicResolver
+from tests.unit.property_events import property_insert_envelope
 
 SHIPPED = SchemaRegistry.from_package()
 
@@ -47,32 +48,7 @@ def _announce(producer: Producer, topic: str, schema: dict[str, Any]) -> bytes:
 def _event(schema: dict[str, Any], column: str) -> bytes:
     registry = SchemaRegistry.from_package()
     registry.register(schema)
-    row = {
-        "PropertyID": 1,
-        "ParcelNumber": "1-0289-101-0021-000",
-        "Address": "1 MAIN ST",
-        "City": "KENNEWICK",
-        "State": "WA",
-        "ZipCode": "99336",
-        "LegalDescription": None,
-        "Acreage": None,
-        "YearBuilt": 1998,
-        column: "R-1",
-    }
-    source = {
-        "connector": "terrafusion-pacs-sync",
-        "version": "test",
-        "db": "pacs",
-        "schema": "dbo",
-        "table": "Property",
-        "capture_instance": "dbo_Property_v2",
-        "commit_lsn": "0000002a:00000001:0001",
-        "change_lsn": "0000002a:00000001:0001",
-        "event_serial_no": 2,
-        "commit_ts_ms": 1_750_000_000_000,
-        "snapshot": "false",
-    }
-    envelope = {"before": None, "after": row, "op": "c", "source": source, "ts_ms": 1_750_000_000_000}
+    envelope = property_insert_envelope(1, "99336", capture_instance="dbo_Property_v2", **{column: "R-1"})
     return AvroCodec(registry).encode("pacs.dbo.PropertyEnvelope", envelope)
 
 
